@@ -1,0 +1,64 @@
+"""`rlhf-lab <command>`: one entry point for every stage and tool.
+
+Each command lives in its own module exposing `cli(argv) -> int`; modules are imported only when
+their command runs, so `rlhf-lab --help` is instant. User mistakes (`UserError`) print one line and
+exit 2; nothing else is caught, so a real bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import sys
+
+from recipes.errors import UserError
+
+# command -> (module with `cli(argv)`, one-line summary). Order is the order of a recipe.
+COMMANDS = {
+    "world": ("recipes.world.cli", "write or show the embedded gold world's data (corpus, SFT, preferences, eval)"),
+    "pretrain": ("base_model.pretrain", "pretrain the from-scratch GPT and train its tokenizer"),
+    "export": ("base_model.export", "convert a trained model into transformers' LlamaForCausalLM"),
+}
+
+USAGE = "usage: rlhf-lab <command> [--config FILE] [--key value ...]"
+
+
+def print_help() -> None:
+    print(USAGE + "\n\nAn RLHF alignment lab: pretrain, SFT, reward model, alignment, comparison.\n\ncommands:")
+    width = max(map(len, COMMANDS))
+    for name, (_, summary) in COMMANDS.items():
+        print(f"  {name:<{width}}  {summary}")
+    print("\n`rlhf-lab <command> --help` lists a command's keys.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print_help()
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from importlib.metadata import version
+
+        print(f"rlhf-lab {version('rlhf-lab')}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see `rlhf-lab --help`"
+        print(f"rlhf-lab: unknown command '{command}' ({hint})", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+        return int(module.cli(rest) or 0)
+    except UserError as err:
+        print(f"rlhf-lab {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rlhf-lab {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

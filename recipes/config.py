@@ -1,0 +1,161 @@
+"""One config system for every stage: a YAML file per stage, overridden by `--key value` flags.
+
+A stage describes its keys as one dataclass (names as in the TRL/transformers config it feeds, where
+one exists). `parse_config` reads `--config FILE`, feeds the YAML values through the same argparse
+parser as the command line (so both are type-checked the same way, and flags win because they come
+last), and rejects unknown keys by name. `to_yaml` writes back the fully resolved config, which can
+be run again with `--config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from transformers import HfArgumentParser
+
+from recipes.errors import UserError
+
+T = TypeVar("T")
+
+RUNS_ROOT_ENV = "RLHF_LAB_RUNS"
+
+
+@dataclasses.dataclass
+class RunArguments:
+    """Keys every stage has: where its run directory lives and how to treat an existing one."""
+
+    recipe: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Recipe name; the run goes to <runs_root>/<recipe>/<stage>. "
+                  "Default: the name of the folder holding --config."},
+    )
+    runs_root: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": f"Root of all run directories. Default: ${RUNS_ROOT_ENV}, else ./runs."},
+    )
+    resume: bool = dataclasses.field(
+        default=False, metadata={"help": "Continue an interrupted run from its last checkpoint."}
+    )
+    overwrite: bool = dataclasses.field(
+        default=False, metadata={"help": "Replace a finished run instead of refusing to."}
+    )
+
+    def resolved_runs_root(self) -> Path:
+        return Path(self.runs_root or os.environ.get(RUNS_ROOT_ENV) or "runs")
+
+
+# Keys that say how to run, not what to run: left out of the saved config.yaml.
+INVOCATION_KEYS = ("runs_root", "resume", "overwrite")
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit; we want one line
+        raise UserError(message)
+
+
+def _yaml_to_argv(values: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Turn YAML values into flags (type-checked by argparse) plus defaults for what flags can't say."""
+    argv, defaults = [], {}
+    for key, value in values.items():
+        if value is None or isinstance(value, dict):
+            defaults[key] = value
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)] if value else []
+            if not value:
+                defaults[key] = []
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv, defaults
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of config keys to values, got {type(values).__name__}")
+    return values
+
+
+def _check_known(keys, known: list[str], where: str, command: str) -> None:
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (see `rlhf-lab {command} --help`)"
+            raise UserError(f"{where}: unknown key '{key}'{hint}")
+
+
+def build_parser(config_class: type, command: str, description: str = "") -> _Parser:
+    parser = _Parser(config_class, prog=f"rlhf-lab {command}", description=description)
+    parser.add_argument("--config", default=None, help="YAML file of this stage's keys; flags override it.")
+    return parser
+
+
+def parse_config(config_class: type[T], argv: list[str], command: str, description: str = "") -> T:
+    """Parse `--config FILE` plus flag overrides into one `config_class` instance."""
+    parser = build_parser(config_class, command, description)
+    known = [f.name for f in dataclasses.fields(config_class) if f.init]
+
+    pre, _ = parser.parse_known_args(argv)  # only to find --config (and serve --help)
+    yaml_argv: list[str] = []
+    config_path = Path(pre.config) if pre.config else None
+    if config_path is not None:
+        values = _read_yaml(config_path)
+        _check_known(values, known, str(config_path), command)
+        yaml_argv, defaults = _yaml_to_argv(values)
+        parser.set_defaults(**defaults)
+
+    try:
+        namespace, unknown = parser.parse_known_args(yaml_argv + argv)
+    except UserError as err:
+        where = f"{config_path} or the command line" if config_path else "command line"
+        raise UserError(f"{where}: {err}") from None
+    if unknown:
+        flags = [u for u in unknown if u.startswith("--")] or unknown
+        _check_known([flags[0].lstrip("-").split("=")[0].replace("-", "_")], known, "command line", command)
+        raise UserError(f"command line: unexpected argument '{unknown[0]}'")
+
+    values = {k: v for k, v in vars(namespace).items() if k in known}
+    try:
+        config = config_class(**values)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{config_path or 'command line'}: {err}") from None
+    if getattr(config, "recipe", "unset") is None:
+        config.recipe = config_path.resolve().parent.name if config_path else "default"
+    return config
+
+
+def to_plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """The resolved config as plain data: every key that decides what runs."""
+    return {
+        f.name: to_plain(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if f.init and f.name not in INVOCATION_KEYS
+    }
+
+
+def to_yaml(config: Any) -> str:
+    return yaml.safe_dump(config_dict(config), sort_keys=False, allow_unicode=True)
