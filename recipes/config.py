@@ -96,8 +96,19 @@ def _check_known(keys, known: list[str], where: str, command: str) -> None:
             raise UserError(f"{where}: unknown key '{key}'{hint}")
 
 
+def _config_path(argv: list[str]) -> Path | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config":
+            if i + 1 == len(argv):
+                raise UserError("command line: --config needs a YAML file path")
+            return Path(argv[i + 1])
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
 def build_parser(config_class: type, command: str, description: str = "") -> _Parser:
-    parser = _Parser(config_class, prog=f"rlhf-lab {command}", description=description)
+    parser = _Parser(config_class, prog=f"rlhf-lab {command}", description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file of this stage's keys; flags override it.")
     return parser
 
@@ -107,9 +118,10 @@ def parse_config(config_class: type[T], argv: list[str], command: str, descripti
     parser = build_parser(config_class, command, description)
     known = [f.name for f in dataclasses.fields(config_class) if f.init]
 
-    pre, _ = parser.parse_known_args(argv)  # only to find --config (and serve --help)
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args(["--help"])  # prints every key with its help, then exits 0
+    config_path = _config_path(argv)
     yaml_argv: list[str] = []
-    config_path = Path(pre.config) if pre.config else None
     if config_path is not None:
         values = _read_yaml(config_path)
         _check_known(values, known, str(config_path), command)
