@@ -44,7 +44,7 @@ class PretrainConfig(RunArguments):
     dataset_train_split: str = "train"
     dataset_test_split: str | None = dataclasses.field(
         default="validation",
-        metadata={"help": "Validation split; null holds out the last 5% of the training documents instead."})
+        metadata={"help": "Validation split; null holds out the last twentieth of the training documents instead."})
     # Tokenizer.
     tokenizer_name_or_path: str | None = dataclasses.field(
         default=None, metadata={"help": "Reuse this tokenizer instead of training one on the corpus."})
