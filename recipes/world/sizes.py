@@ -1,0 +1,21 @@
+"""World sizes: how much of each kind `generate` writes, and the annotators' noise."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    corpus_bytes: int          # train corpus; validation is `validation_share` of it on top
+    sft_rows: int              # train conversations; validation likewise
+    preference_pairs: int      # train pairs; validation likewise
+    eval_prompts: int
+    validation_share: float = 0.05
+    bt_temperature: float = 0.5  # annotators: P(A preferred) = sigmoid((gold(A) - gold(B)) / T)
+    flip_rate: float = 0.05      # then the label is flipped with this probability
+
+
+SIZES = {
+    "smoke": WorldSize(corpus_bytes=6_000, sft_rows=100, preference_pairs=100, eval_prompts=40,
+                       validation_share=0.2),
+    "default": WorldSize(corpus_bytes=3_000_000, sft_rows=4_000, preference_pairs=4_000, eval_prompts=400),
+}
