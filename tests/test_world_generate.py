@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from recipes.errors import UserError
 from recipes.world import generate, gold_reward
 from recipes.world.annotators import p_agree
 from recipes.world.cli import cli
@@ -119,6 +120,8 @@ def test_cli_writes_and_shows(tmp_path, capsys):
     assert cli(["--out", str(tmp_path / "w"), "--size", "smoke", "--seed", "3"]) == 0
     assert "noise ceiling" in capsys.readouterr().out
     assert (tmp_path / "w" / "stats.json").is_file()
+    with pytest.raises(UserError, match=r"/w: already exists and is not empty"):
+        cli(["--out", str(tmp_path / "w"), "--size", "smoke"])
     assert cli(["show", "-n", "1"]) == 0
     shown = capsys.readouterr().out
     for section in ("== corpus", "== sft", "== preferences", "== eval"):

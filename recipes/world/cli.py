@@ -11,7 +11,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from .generate import generate, stream
+from ..errors import UserError
+from .generate import generate
 from .gold import gold_reward
 from .sizes import SIZES
 
@@ -39,7 +40,11 @@ def cli(argv: list[str]) -> int:
             generate(tmp, size=args.size, seed=args.seed)
             print(render(Path(tmp), args.n, args.seed))
         return 0
-    stats = generate(args.out, size=args.size, seed=args.seed)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # Never overwrite: a directory with files in it may hold someone's edited data.
+        raise UserError(f"{args.out}: already exists and is not empty; expected a new or empty --out directory")
+    stats = generate(out, size=args.size, seed=args.seed)
     print(summary(stats, args.out))
     return 0
 
