@@ -142,8 +142,9 @@ def load_documents(config: PretrainConfig) -> tuple[list[str], list[str]]:
 def data_fingerprint(config: PretrainConfig) -> str:
     from recipes.data import fingerprint
 
-    return fingerprint(config.dataset_name, text_field=config.dataset_text_field, config=config.dataset_config,
-                       splits=[config.dataset_train_split, config.dataset_test_split])
+    parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
+             for split in (config.dataset_train_split, config.dataset_test_split) if split]
+    return hashlib.sha256("/".join([*parts, config.dataset_text_field]).encode()).hexdigest()[:16]
 
 
 def build_tokenizer(config: PretrainConfig, documents: list[str]):
