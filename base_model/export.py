@@ -78,9 +78,10 @@ def export_llama(model_dir, out_dir) -> Path:
     # Same module names, so the state dict copies as is (lm_head is tied to embed_tokens in both).
     llama.load_state_dict(ours.state_dict(), strict=True)
     assert llama.lm_head.weight is llama.model.embed_tokens.weight
-    llama.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
+    llama.generation_config = GenerationConfig(**ours.generation_config.to_diff_dict())  # keeps sampling defaults
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(llama.generation_config, key, None) is None:
+            setattr(llama.generation_config, key, getattr(config, key))
     out.mkdir(parents=True, exist_ok=True)
     llama.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)

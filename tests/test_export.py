@@ -60,6 +60,8 @@ def test_llama_export_is_exact(run_dir, tmp_path):
     out = tmp_path / "llama"
     assert cli(["--to", "llama", str(run_dir), str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    gen_config = json.loads((out / "generation_config.json").read_text())
+    assert (gen_config["eos_token_id"], gen_config["pad_token_id"]) == (5, 0)  # stop at <|end|>
 
     ours = GPTForCausalLM.from_pretrained(run_dir / "model").eval()
     x = torch.randint(6, ours.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
