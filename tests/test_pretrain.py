@@ -37,9 +37,9 @@ def test_run_directory_follows_the_contract(smoke_run):
     assert manifest["seed"] == 0 and manifest["parent"] is None
     assert manifest["versions"]["torch"] == importlib.metadata.version("torch")
     assert len(manifest["data"]["fingerprint"]) >= 8
-    assert manifest["metrics"]["steps"] == 60
+    assert manifest["metrics"]["steps"] == 100
     config = yaml.safe_load((smoke_run / "config.yaml").read_text())
-    assert config["max_steps"] == 60 and config["hidden_size"] == 64 and config["recipe"] == "smoke"
+    assert config["max_steps"] == 100 and config["hidden_size"] == 64 and config["recipe"] == "smoke"
     assert "resume" not in config and "runs_root" not in config
 
 
@@ -72,11 +72,11 @@ def test_tensorboard_events_hold_the_logged_scalars_and_samples(smoke_run):
                 "train/mfu", "eval/loss"):
         assert tag in scalars, tag
     losses = [e.value for e in events.Scalars("train/loss")]
-    assert len(losses) == 12 and losses[-1] < losses[0]
+    assert len(losses) == 20 and losses[-1] < losses[0]
     lrs = [e.value for e in events.Scalars("train/learning_rate")]
     assert max(lrs) == pytest.approx(3e-3, rel=0.05) and lrs[-1] < 0.2 * max(lrs)  # warmup, then cosine decay
     assert all(0 < e.value < 1 for e in events.Scalars("train/mfu"))
-    assert [e.step for e in events.Scalars("eval/loss")] == [0, 20, 40, 60]
+    assert [e.step for e in events.Scalars("eval/loss")] == [0, 25, 50, 75, 100]
     texts = events.Tags()["tensors"]
     sample_tag = next(t for t in texts if t.startswith("samples"))
     sample = events.Tensors(sample_tag)[-1].tensor_proto.string_val[0].decode()
