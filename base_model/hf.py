@@ -117,6 +117,8 @@ class GPTModel(GPTPreTrainedModel):
         if attention_mask is not None and attention_mask.shape[-1] < past_len + T:  # mask given for new tokens only
             ones = attention_mask.new_ones(B, past_len + T - attention_mask.shape[-1])
             attention_mask = torch.cat([ones, attention_mask], dim=-1)
+        if attention_mask is not None and past_len == 0 and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: keep SDPA's fast causal path
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = positions_from_mask(attention_mask, past_len, T)
