@@ -288,7 +288,8 @@ def main(config: PretrainConfig) -> dict:
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    # cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu` or torchrun run gloo processes.
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no", cpu=not torch.cuda.is_available())
     run = RunDir.for_config(config, STAGE)
     is_main = accelerator.is_main_process
     started = time.time()
