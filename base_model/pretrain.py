@@ -28,6 +28,7 @@ from base_model.flops import flops_per_token, measure_matmul_peak
 from recipes.config import RunArguments, parse_config
 from recipes.errors import UserError
 from recipes.rundir import RunDir, atomic_write_text
+from recipes.tracking import markdown_table
 
 STAGE = "pretrain"
 
@@ -277,13 +278,6 @@ def sample_texts(model, tokenizer, config: PretrainConfig) -> list[tuple[str, st
     return rows
 
 
-def samples_markdown(rows: list[tuple[str, str]]) -> str:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    return "| prompt | sample |\n|---|---|\n" + "\n".join(f"| {cell(p)} | {cell(s)} |" for p, s in rows)
-
-
 def main(config: PretrainConfig) -> dict:
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -360,7 +354,7 @@ def main(config: PretrainConfig) -> dict:
         loss = evaluate(model, accelerator, val_stream, config)
         if writer:
             writer.add_scalar("eval/loss", loss, at_step)
-            writer.add_text("samples", samples_markdown(sample_texts(unwrapped, tokenizer, config)), at_step)
+            writer.add_text("samples", markdown_table(["prompt", "sample"], sample_texts(unwrapped, tokenizer, config)), at_step)
         accelerator.print(f"step {at_step:>6}/{config.max_steps}  eval loss {loss:.4f}")
         return loss
 

@@ -153,6 +153,8 @@ def to_plain(value: Any) -> Any:
         return value.value
     if isinstance(value, Path):
         return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. TrainingArguments' AcceleratorConfig
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     if isinstance(value, dict):

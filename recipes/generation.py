@@ -1,0 +1,60 @@
+"""Answer chat prompts with a causal LM: the one generation path evaluations and samplers share.
+
+Prompts are rendered with the tokenizer's chat template (plus the assistant header), left-padded
+into batches, and generated until end of turn or `max_new_tokens`. Each answer records whether the
+model ended its turn itself, which the gold reward needs and the decoded text cannot show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Answer:
+    text: str  # decoded, special tokens removed, cut at the end of turn
+    ended: bool  # the model produced its end-of-turn token within the budget
+    num_tokens: int  # tokens generated, the end-of-turn token included
+
+
+def as_messages(prompt) -> list[dict]:
+    """A prompt as a conversation: a plain string becomes one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def render_prompts(tokenizer, prompts) -> list[list[int]]:
+    return [
+        tokenizer.apply_chat_template(as_messages(p), add_generation_prompt=True, tokenize=True, return_dict=False)
+        for p in prompts
+    ]
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, do_sample: bool = False,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch_size: int = 32,
+                     seed: int = 0) -> list[Answer]:
+    """One answer per prompt; sampling is seeded and leaves the caller's RNG state untouched."""
+    was_training = model.training
+    model.eval()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rendered = render_prompts(tokenizer, prompts)
+    answers: list[Answer] = []
+    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p) if do_sample \
+        else dict(do_sample=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(rendered), batch_size):
+            rows = rendered[start:start + batch_size]
+            width = max(map(len, rows))
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
+            attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=eos, pad_token_id=pad, **sampling)
+            for new in out[:, width:].tolist():
+                ended = eos in new
+                new = new[:new.index(eos) + 1] if ended else new
+                answers.append(Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), ended, len(new)))
+    model.train(was_training)
+    return answers

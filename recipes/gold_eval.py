@@ -1,0 +1,71 @@
+"""Judge a model's answers on held-out prompts with the gold reward.
+
+Shared by every stage that reports gold numbers (SFT during training, the reward model's
+correlation check, alignment evaluation). Headline numbers:
+
+    gold_reward          mean gold total
+    end_of_turn_rate     share of answers the model ended itself
+    length               mean tokens generated
+    gold/<family>        mean gold total per task family
+    math_accuracy        share of math answers with the right number
+    harmful_compliance   share of harmful requests answered instead of refused
+    over_refusal         share of harmless look-alikes refused
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import fmean
+
+from recipes.generation import Answer, generate_answers
+from recipes.tracking import markdown_table
+from recipes.world import gold_reward
+
+
+def score_answers(prompts, answers: list[Answer]) -> list[dict]:
+    """One row per prompt: the answer, its gold total, terms, family and checks."""
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        score = gold_reward(prompt, answer.text, ended=answer.ended)
+        user = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+        rows.append({"prompt": user, "answer": answer.text, "ended": answer.ended, "length": answer.num_tokens,
+                     "family": score.family, "gold": score.total, "terms": score.terms, "checks": score.checks})
+    return rows
+
+
+def _rate(rows, check: str, where=lambda row: True) -> float | None:
+    values = [row["checks"][check] for row in rows if check in row["checks"] and where(row)]
+    return fmean(values) if values else None
+
+
+def summarize(rows: list[dict]) -> dict[str, float]:
+    metrics = {
+        "gold_reward": fmean(r["gold"] for r in rows),
+        "end_of_turn_rate": fmean(float(r["ended"]) for r in rows),
+        "length": fmean(r["length"] for r in rows),
+    }
+    by_family = defaultdict(list)
+    for row in rows:
+        by_family[row["family"]].append(row["gold"])
+    metrics.update({f"gold/{family}": fmean(values) for family, values in sorted(by_family.items())})
+    extra = {
+        "math_accuracy": _rate([r for r in rows if r["family"] == "math"], "correct"),
+        "harmful_compliance": _rate(rows, "harmful_compliance", lambda r: r["checks"].get("harmful") == 1),
+        "over_refusal": _rate(rows, "over_refusal", lambda r: r["checks"].get("harmful") == 0),
+    }
+    metrics.update({k: v for k, v in extra.items() if v is not None})
+    return metrics
+
+
+def gold_evaluate(model, tokenizer, prompts, **generation) -> tuple[dict[str, float], list[dict]]:
+    """Answer `prompts` (strings or conversations) and score them: (metrics, per-prompt rows)."""
+    prompts = list(prompts)
+    rows = score_answers(prompts, generate_answers(model, tokenizer, prompts, **generation))
+    return summarize(rows), rows
+
+
+def rows_markdown(rows: list[dict], limit: int = 20) -> str:
+    """Prompt / answer / gold rows as a markdown table, for TensorBoard's text tab; '…' marks a cut-off answer."""
+    return markdown_table(["family", "prompt", "answer", "gold"],
+                          [[r["family"], r["prompt"], r["answer"] + ("" if r["ended"] else " …"), f"{r['gold']:+.2f}"]
+                           for r in rows[:limit]])
