@@ -17,16 +17,14 @@ SMOKE = "recipes/smoke/pretrain.yaml"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def runs_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("runs")
+@pytest.fixture
+def runs_root(smoke_runs):
+    return smoke_runs
 
 
-@pytest.fixture(scope="module")
-def smoke_run(runs_root):
-    """One finished smoke pretraining run, shared by the tests that only read it."""
-    assert rlhf_lab(["pretrain", "--config", str(REPO / SMOKE), "--runs_root", str(runs_root)]) == 0
-    return runs_root / "smoke" / "pretrain"
+@pytest.fixture
+def smoke_run(smoke_pretrain):
+    return smoke_pretrain
 
 
 def test_run_directory_follows_the_contract(smoke_run):
