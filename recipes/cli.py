@@ -18,6 +18,8 @@ from recipes.errors import UserError
 COMMANDS = {
     "world": ("recipes.world.cli", "write or show the embedded gold world's data (corpus, SFT, preferences, eval)"),
     "pretrain": ("base_model.pretrain", "pretrain the from-scratch GPT and train its tokenizer"),
+    "sft": ("recipes.sft", "supervised fine-tuning on conversations, loss on assistant turns only"),
+    "reward": ("reward.train", "train a reward model on preference pairs and check it against the gold reward"),
     "export": ("base_model.export", "convert a trained model into transformers' LlamaForCausalLM"),
 }
 

@@ -29,3 +29,12 @@ def smoke_pretrain(smoke_runs) -> Path:
     assert rlhf_lab(["pretrain", "--config", str(REPO / "recipes/smoke/pretrain.yaml"),
                      "--runs_root", str(smoke_runs)]) == 0
     return smoke_runs / "smoke" / "pretrain"
+
+
+@pytest.fixture(scope="session")
+def smoke_sft(smoke_runs, smoke_pretrain) -> Path:
+    """The finished smoke SFT run (runs/smoke/sft), made once through the CLI on top of smoke_pretrain."""
+    from recipes.cli import main as rlhf_lab
+
+    assert rlhf_lab(["sft", "--config", str(REPO / "recipes/smoke/sft.yaml"), "--runs_root", str(smoke_runs)]) == 0
+    return smoke_runs / "smoke" / "sft"

@@ -1,0 +1,300 @@
+"""The SFT stage: `rlhf-lab sft --config recipes/<name>/sft.yaml`.
+
+Supervised fine-tuning of the pretraining stage's model on conversations (`messages`), through
+`trl.SFTTrainer`, with the loss on assistant turns only (the chat template marks each assistant
+answer and its `<|end|>` with `{% generation %}`). Full fine-tuning, or LoRA through peft
+(`use_peft: true`), whose adapters are merged before saving so `model/` loads like any other model.
+
+At every evaluation (and once before training, on the pretrained model) a fixed set of held-out
+prompts is answered greedily and scored by the gold reward (`recipes.gold_eval`); the scores go to
+TensorBoard under `gold/...` and the rows as text. See `recipes/sft_callbacks.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import trl
+
+from recipes.config import RunArguments, parse_config
+from recipes.errors import UserError
+from recipes.rundir import RunDir, require_parent, weights_hash
+
+STAGE = "sft"
+PARENT = "pretrain"
+OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
+
+
+@dataclasses.dataclass
+class SFTStageConfig(RunArguments, trl.SFTConfig):
+    """trl.SFTConfig (every key of it) plus the model, data, LoRA and gold-evaluation keys it lacks."""
+
+    # Model (names as in TRL's ModelConfig).
+    model_name_or_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Model to fine-tune. Default: the recipe's pretraining run, "
+                  "<runs_root>/<recipe>/pretrain/model."})
+    # Data (names as in TRL's ScriptArguments).
+    dataset_name: str = dataclasses.field(
+        default="world:sft?size=smoke",
+        metadata={"help": "Conversations: a .jsonl/.json/.parquet file or folder, a Hugging Face dataset name, "
+                  "or a world source such as world:sft?size=default&seed=0."})
+    dataset_config: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset config name."})
+    dataset_train_split: str = "train"
+    dataset_test_split: str | None = dataclasses.field(
+        default="validation",
+        metadata={"help": "Split for the evaluation loss; null holds out the last twentieth of the training rows."})
+    dataset_format: str = dataclasses.field(
+        default="auto", metadata={"help": "messages, alpaca or sharegpt; auto detects it from the first row."})
+    # LoRA (names as in TRL's ModelConfig).
+    use_peft: bool = dataclasses.field(
+        default=False, metadata={"help": "Train LoRA adapters instead of every weight; model/ holds the merged model."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "Module names to adapt. Default: every linear layer but the output head."})
+    # Gold evaluation.
+    eval_prompts: str | None = dataclasses.field(
+        default="world:eval?size=smoke",
+        metadata={"help": "Held-out prompts (split 'test') answered and scored by the gold reward at each "
+                  "evaluation; null turns this off."})
+    eval_num_prompts: int = dataclasses.field(
+        default=100, metadata={"help": "Use the first N held-out prompts (the same ones every time)."})
+    eval_max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "Answer length budget."})
+
+    # trl.SFTConfig keys whose defaults change here.
+    output_dir: str | None = dataclasses.field(
+        default=OUTPUT_DIR,
+        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
+    bf16: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
+                  "true on a CPU-only machine autocasts on the CPU."})
+    activation_checkpointing: bool = dataclasses.field(
+        default=False, metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU."})
+    gradient_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    assistant_only_loss: bool = dataclasses.field(
+        default=True, metadata={"help": "Compute the loss on assistant turns only."})
+    max_length: int | None = dataclasses.field(
+        default=None, metadata={"help": "Truncate conversations to this many tokens. Default: the model's context."})
+    report_to: None | str | list[str] = dataclasses.field(
+        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
+    learning_rate: float = 3e-4
+    num_train_epochs: float = 3.0
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    eval_strategy: str = "steps"
+    eval_steps: float | None = 200
+    eval_on_start: bool = True
+    save_steps: float = 200
+    save_total_limit: int | None = 2
+    logging_steps: float = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        import torch
+
+        if self.output_dir not in (None, OUTPUT_DIR):
+            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
+                             f"(<runs_root>/<recipe>/{STAGE}/checkpoints); choose --runs_root and --recipe instead")
+        self.output_dir = OUTPUT_DIR
+        if self.packing or self.padding_free:
+            raise ValueError("keys 'packing' and 'padding_free' are not supported: the GPT would attend "
+                             "across the packed conversations")
+        for key in ("eval_num_prompts", "eval_max_new_tokens", "lora_r", "lora_alpha"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True  # transformers refuses bf16 without a GPU unless told to autocast on the CPU
+        super().__post_init__()
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent model, data, trainer
+
+
+def resolve_model_path(config: SFTStageConfig) -> tuple[Path | str, RunDir | None]:
+    """The model to start from, and the parent run it came from (None for a user-given path)."""
+    if config.model_name_or_path:
+        path = Path(config.model_name_or_path)
+        if not path.exists() and (path.is_absolute() or str(path).startswith(".") or path.suffix):
+            raise UserError(f"key 'model_name_or_path': {path} does not exist")
+        return (path if path.exists() else config.model_name_or_path), None
+    parent = require_parent(config.resolved_runs_root(), config.recipe, PARENT,
+                            f"rlhf-lab {PARENT} --config recipes/{config.recipe}/{PARENT}.yaml"
+                            + ("" if config.runs_root is None else f" --runs_root {config.runs_root}"))
+    return parent.model_dir, parent
+
+
+def load_model(path):
+    import base_model  # noqa: F401  (registers the architecture with the Auto classes)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise UserError(f"key 'model_name_or_path': cannot load {path} ({str(err).splitlines()[0]})") from None
+    if not tokenizer.chat_template:
+        raise UserError(f"key 'model_name_or_path': the tokenizer in {path} has no chat template")
+    return model, tokenizer
+
+
+def load_data(config: SFTStageConfig):
+    """(train, eval) conversation datasets with a `messages` column."""
+    from recipes.data import load_conversations
+
+    kwargs = dict(format=config.dataset_format, config=config.dataset_config)
+    train = load_conversations(config.dataset_name, split=config.dataset_train_split, **kwargs)
+    if config.dataset_test_split:
+        test = load_conversations(config.dataset_name, split=config.dataset_test_split, **kwargs)
+    else:
+        cut = max(1, len(train) // 20)
+        train, test = train.select(range(len(train) - cut)), train.select(range(len(train) - cut, len(train)))
+    if len(train) == 0:
+        raise UserError(f"{config.dataset_name}: split '{config.dataset_train_split}' holds no conversations")
+    return train, test
+
+
+def load_eval_prompts(config: SFTStageConfig) -> list:
+    if not config.eval_prompts:
+        return []
+    from recipes.data import load_prompts
+
+    prompts = load_prompts(config.eval_prompts, split="test")["prompt"]
+    return list(prompts[: config.eval_num_prompts])
+
+
+def data_fingerprint(config: SFTStageConfig) -> str:
+    from recipes.data import fingerprint
+
+    parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
+             for split in (config.dataset_train_split, config.dataset_test_split) if split]
+    if config.eval_prompts:
+        parts.append(fingerprint(config.eval_prompts, split="test"))
+    return hashlib.sha256("/".join([*parts, config.dataset_format]).encode()).hexdigest()[:16]
+
+
+def peft_config(config: SFTStageConfig):
+    if not config.use_peft:
+        return None
+    from peft import LoraConfig
+
+    targets = config.lora_target_modules or "all-linear"
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def trainer_args(config: SFTStageConfig, output_dir: Path, max_length: int) -> SFTStageConfig:
+    """The config as the trainer sees it: output in the run's checkpoints/, max_length resolved."""
+    args = copy.copy(config)
+    args.output_dir = str(output_dir)
+    args.max_length = max_length
+    return args
+
+
+def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, output_dir: Path, callbacks=()):
+    max_length = config.max_length or model.config.max_position_embeddings
+    if max_length > model.config.max_position_embeddings:
+        raise UserError(f"key 'max_length' ({max_length}) exceeds the model's context "
+                        f"({model.config.max_position_embeddings})")
+    try:
+        return trl.SFTTrainer(model=model, args=trainer_args(config, output_dir, max_length), train_dataset=train,
+                              eval_dataset=test if len(test) else None, processing_class=tokenizer,
+                              peft_config=peft_config(config), callbacks=list(callbacks))
+    except ValueError as err:  # e.g. LoRA target modules that match nothing
+        raise UserError(f"{err}".splitlines()[0]) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def save_model_atomically(model, tokenizer, run: RunDir) -> None:
+    tmp = run.path / ".model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if run.model_dir.exists():
+        shutil.rmtree(run.model_dir)
+    os.replace(tmp, run.model_dir)
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def main(config: SFTStageConfig) -> dict:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from recipes.sft_callbacks import GoldEvalCallback
+    from recipes.tracking import route_trainer_events
+
+    started = time.time()
+    run = RunDir.for_config(config, STAGE)
+    model_path, parent = resolve_model_path(config)
+    train, test = load_data(config)
+    prompts = load_eval_prompts(config)
+    model, tokenizer = load_model(model_path)
+    data = {"source": config.dataset_name, "fingerprint": data_fingerprint(config),
+            "train_conversations": len(train), "eval_conversations": len(test),
+            "eval_prompts": config.eval_prompts, "eval_num_prompts": len(prompts), "model": str(model_path)}
+    if parent is None and Path(model_path).is_dir():
+        data["model_weights_sha256"] = weights_hash(Path(model_path))
+    run.start(config, parent=parent, data=data)
+    route_trainer_events(run)
+
+    gold = GoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,
+                            batch_size=config.per_device_eval_batch_size)
+    trainer = build_trainer(config, model, tokenizer, train, test, output_dir=run.checkpoints_dir, callbacks=[gold])
+    gold.attach(trainer)
+    checkpoint = get_last_checkpoint(str(run.checkpoints_dir)) if config.resume and run.checkpoints_dir.is_dir() \
+        else None
+    if config.resume and checkpoint is None:
+        print(f"no checkpoint in {run.checkpoints_dir}; starting from step 0")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    final = trainer.model
+    if config.use_peft:
+        final = final.merge_and_unload()
+    n_params = sum(p.numel() for p in final.parameters())
+    eval_losses, train_losses = logged(trainer, "eval_loss"), logged(trainer, "loss")
+    metrics = {
+        "initial_eval_loss": eval_losses[0] if eval_losses and config.eval_on_start else None,
+        "eval_loss": eval_losses[-1] if eval_losses else None,
+        "initial_train_loss": train_losses[0] if train_losses else None,
+        "train_loss": train_losses[-1] if train_losses else None,
+        "mean_train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "parameters": n_params,
+        "trainable_parameters": gold.trainable_parameters,
+        **{f"pretrained_{k}": v for k, v in (gold.pretrained or {}).items()},
+        **(gold.latest or {}),
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    if trainer.is_world_process_zero():
+        save_model_atomically(final, tokenizer, run)
+        run.finish(metrics)
+        summary = (f"gold reward {metrics['pretrained_gold_reward']:+.3f} -> {metrics['gold_reward']:+.3f}, "
+                   f"end of turn {metrics['end_of_turn_rate']:.0%}") if gold.latest and gold.pretrained else ""
+        print(f"wrote {run.model_dir}  eval loss {metrics['initial_eval_loss']} -> {metrics['eval_loss']}  {summary}")
+    return metrics
+
+
+def cli(argv: list[str]) -> int:
+    config = parse_config(SFTStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
+    main(config)
+    return 0
