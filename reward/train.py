@@ -1,0 +1,331 @@
+"""The reward-model stage: `rlhf-lab reward --config recipes/<name>/reward.yaml`.
+
+Initialises a sequence-classification model (one score) from the SFT model, trains it on
+preference pairs with TRL's RewardTrainer (Bradley-Terry loss), then checks it against the gold
+reward (reward/evaluate.py): accuracy against the annotators' labels and against the gold order on
+held-out pairs, the noise ceiling, the rank correlation of reward with gold reward on answers
+sampled from the SFT model, the correlation of reward with answer length, and a histogram of
+margins; to TensorBoard (`reward_eval/...`, also at every trainer evaluation) and to the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import trl
+from transformers import TrainerCallback
+
+from recipes.config import RunArguments, parse_config
+from recipes.errors import UserError
+from recipes.rundir import RunDir, require_parent
+
+STAGE = "reward"
+PARENT = "sft"
+
+
+def _cuda_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclasses.dataclass
+class RewardStageConfig(RunArguments, trl.RewardConfig):
+    # Model (names as in TRL's ModelConfig).
+    model_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "The SFT model to start from. Default: <runs_root>/<recipe>/sft/model."})
+    use_peft: bool = dataclasses.field(default=False, metadata={"help": "Train LoRA adapters (and the score head)."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "Modules to adapt; default the attention projections."})
+    # Data (names as in TRL's ScriptArguments).
+    dataset_name: str = dataclasses.field(
+        default="world:preferences?size=smoke",
+        metadata={"help": "Preference pairs: a .jsonl/.json/.parquet file or folder, a Hugging Face dataset "
+                  "name, or a world source such as world:preferences?size=default&seed=0."})
+    dataset_config: str | None = dataclasses.field(default=None, metadata={"help": "Hub dataset config name."})
+    dataset_train_split: str = "train"
+    dataset_test_split: str | None = dataclasses.field(
+        default="validation",
+        metadata={"help": "Held-out pairs; null holds out the last twentieth of the training pairs instead."})
+    dataset_format: str = dataclasses.field(
+        default="auto", metadata={"help": "auto, prompt_chosen_rejected, hh_rlhf or ultrafeedback."})
+    # Evaluation against the gold reward.
+    eval_prompts: str = dataclasses.field(
+        default="world:eval?size=smoke",
+        metadata={"help": "Prompts the SFT model answers for the gold correlation check (world prompts)."})
+    eval_prompts_split: str = "test"
+    eval_num_prompts: int = 40
+    eval_samples_per_prompt: int = dataclasses.field(
+        default=4, metadata={"help": "Sampled answers per prompt, so rewards vary within a prompt too."})
+    eval_max_new_tokens: int = 64
+    eval_temperature: float = 1.0
+    annotator_bt_temperature: float | None = dataclasses.field(
+        default=None, metadata={"help": "Bradley-Terry temperature of the labels, for the noise ceiling. "
+                                "Default: the world's, for world data."})
+    annotator_flip_rate: float | None = dataclasses.field(
+        default=None, metadata={"help": "Label flip rate, for the noise ceiling. Default: the world's."})
+    # TRL defaults that do not suit a CPU: bf16 only where a GPU supports it, no checkpointing.
+    bf16: bool | None = dataclasses.field(
+        default=None, metadata={"help": "bf16 mixed precision. Default: on with a bf16-capable GPU, else off."})
+    gradient_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    activation_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Recompute activations in backward. Default: on with a GPU, else off."})
+    report_to: None | str | list[str] = dataclasses.field(
+        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; TensorBoard events go to tb/."})
+    max_length: int | None = dataclasses.field(
+        default=256, metadata={"help": "Pairs with a side longer than this many tokens are dropped."})
+
+    def __post_init__(self):
+        if self.output_dir is not None:
+            raise ValueError("key 'output_dir': the reward stage keeps its checkpoints in "
+                             "<runs_root>/<recipe>/reward/checkpoints; choose it with --runs_root and --recipe")
+        if self.bf16 is None:
+            self.bf16 = _cuda_bf16()
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            import torch
+
+            self.activation_checkpointing = torch.cuda.is_available()
+        for key in ("eval_num_prompts", "eval_samples_per_prompt", "eval_max_new_tokens", "lora_r"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
+        if self.eval_temperature <= 0:
+            raise ValueError(f"key 'eval_temperature' must be positive, got {self.eval_temperature}")
+        super().__post_init__()
+        self.output_dir = None  # the run directory decides it (TrainingArguments made it "trainer_output")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def load_pairs(config: RewardStageConfig):
+    """(train, held-out) pairs as datasets in TRL's shape; held-out ones keep gold columns if the data has them."""
+    import datasets
+
+    from recipes.data import read_rows
+    from recipes.data.preferences import to_preferences
+
+    def load(split: str) -> dict[str, list]:
+        rows = read_rows(config.dataset_name, split, config.dataset_config)
+        columns = to_preferences(rows, config.dataset_format)
+        for side in ("gold_chosen", "gold_rejected"):
+            values = [record.get(side) for record in rows.records]
+            if values and all(isinstance(v, (int, float)) for v in values):
+                columns[side] = [float(v) for v in values]
+        return columns
+
+    train = load(config.dataset_train_split)
+    if config.dataset_test_split:
+        test = load(config.dataset_test_split)
+    else:
+        cut = max(1, len(train["prompt"]) // 20)
+        test = {k: v[-cut:] for k, v in train.items()}
+        train = {k: v[:-cut] for k, v in train.items()}
+    for split, columns in ((config.dataset_train_split, train), (config.dataset_test_split or "held-out 5%", test)):
+        if not columns["prompt"]:
+            raise UserError(f"{config.dataset_name}: split '{split}' holds no preference pairs")
+    train = {k: v for k, v in train.items() if k in ("prompt", "chosen", "rejected")}
+    return datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(test)
+
+
+def data_fingerprint(config: RewardStageConfig) -> str:
+    from recipes.data import fingerprint
+
+    parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
+             for split in (config.dataset_train_split, config.dataset_test_split) if split]
+    return hashlib.sha256("/".join([*parts, config.dataset_format]).encode()).hexdigest()[:16]
+
+
+def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
+    """(Bradley-Terry temperature, flip rate) of the labels: from the config, else the world's size."""
+    temperature, flip_rate = config.annotator_bt_temperature, config.annotator_flip_rate
+    if config.dataset_name.startswith("world:"):
+        from recipes.data.world_cache import parse_world_source
+        from recipes.world import SIZES
+
+        spec = SIZES[parse_world_source(config.dataset_name).size]
+        temperature = spec.bt_temperature if temperature is None else temperature
+        flip_rate = spec.flip_rate if flip_rate is None else flip_rate
+    if temperature is None:
+        return None
+    return temperature, flip_rate or 0.0
+
+
+def load_eval_prompts(config: RewardStageConfig) -> list:
+    from recipes.data import load_prompts
+
+    prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"]
+    if not prompts:
+        raise UserError(f"key 'eval_prompts': {config.eval_prompts} split '{config.eval_prompts_split}' holds no prompts")
+    return prompts[:config.eval_num_prompts]
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+
+
+def resolve_parent(config: RewardStageConfig) -> tuple[Path, RunDir | None]:
+    """The SFT model directory, and the SFT run it came from (None for a model given by path)."""
+    if config.model_name_or_path:
+        path = Path(config.model_name_or_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise UserError(f"key 'model_name_or_path': {path} is not a saved model directory (no config.json)")
+        return path, None
+    parent = require_parent(config.resolved_runs_root(), config.recipe, PARENT,
+                            f"rlhf-lab {PARENT} --config recipes/{config.recipe}/{PARENT}.yaml")
+    return parent.model_dir, parent
+
+
+def load_reward_model(model_dir: Path, seed: int):
+    """The SFT backbone under a fresh one-output score head (transformers reports the head as new)."""
+    import base_model  # noqa: F401  registers the architecture with the Auto classes
+    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers.utils import logging as hf_logging
+
+    from base_model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    set_seed(seed)  # the score head's initialisation
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the unused lm_head and the new score head are expected
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def load_policy(model_dir: Path):
+    import base_model  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir))
+
+
+def peft_config(config: RewardStageConfig):
+    if not config.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, modules_to_save=["score"],
+                      target_modules=config.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+class GoldEvalCallback(TrainerCallback):
+    """At each trainer evaluation, the gold checks of reward/evaluate.py on the same pairs and samples."""
+
+    def __init__(self, evaluate):
+        self.evaluate, self.last = evaluate, None
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            self.last = self.evaluate(model, state.global_step)
+
+
+def main(config: RewardStageConfig) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from recipes.tracking import route_trainer_events
+    from reward.evaluate import evaluate_reward_model, sample_answers
+
+    started = time.time()
+    run = RunDir.for_config(config, STAGE)
+    model_dir, parent = resolve_parent(config)
+    train_pairs, test_pairs = load_pairs(config)
+    annotators = annotator_noise(config)
+    eval_prompts = load_eval_prompts(config)
+    run.start(config, parent=parent, data={
+        "source": config.dataset_name, "fingerprint": data_fingerprint(config), "train_pairs": len(train_pairs),
+        "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts, "model": str(model_dir)})
+    config.output_dir = str(run.checkpoints_dir)  # after start: config.yaml keeps output_dir unset
+
+    model, tokenizer = load_reward_model(model_dir, config.seed)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if config.max_length is None or (context and config.max_length > context):
+        raise UserError(f"key 'max_length' ({config.max_length}) must be set and at most the model's context "
+                        f"({context} tokens, {model_dir})")
+    samples = sample_answers(load_policy(model_dir), tokenizer, eval_prompts,
+                             samples_per_prompt=config.eval_samples_per_prompt,
+                             max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
+                             batch_size=config.per_device_eval_batch_size, seed=config.seed)
+    print(f"sampled {len(samples.answers)} SFT answers to {len(eval_prompts)} prompts "
+          f"(mean gold {sum(samples.golds) / len(samples.golds):+.3f})")
+
+    route_trainer_events(run)
+    writer = SummaryWriter(str(run.tb_dir), filename_suffix=".reward_eval")
+
+    def gold_eval(eval_model, step: int) -> dict:
+        return evaluate_reward_model(eval_model, tokenizer, test_pairs, samples=samples, annotators=annotators,
+                                     batch_size=config.per_device_eval_batch_size, max_length=config.max_length,
+                                     writer=writer, step=step)
+
+    callback = GoldEvalCallback(gold_eval)
+    trainer = trl.RewardTrainer(
+        model=model, args=config, train_dataset=train_pairs,
+        eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
+        processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback])
+
+    resume_from = None
+    if config.resume and run.checkpoints_dir.is_dir():
+        resume_from = get_last_checkpoint(str(run.checkpoints_dir))
+        print(f"resuming from {resume_from}" if resume_from else f"no checkpoint in {run.checkpoints_dir}; starting over")
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    eval_result = trainer.evaluate()  # the callback runs the gold checks on the final model too
+    writer.close()
+
+    trained = trainer.model.merge_and_unload() if config.use_peft else trainer.model
+    metrics = dict(callback.last)
+    metrics.update({
+        "train_loss": result.training_loss,
+        "eval_loss": eval_result.get("eval_loss"),
+        "steps": trainer.state.global_step,
+        "parameters": sum(p.numel() for p in trained.parameters()),
+        "wall_time_s": round(time.time() - started, 2),
+    })
+
+    tmp = run.path / ".model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trained.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if run.model_dir.exists():
+        shutil.rmtree(run.model_dir)
+    os.replace(tmp, run.model_dir)
+    run.finish(metrics)
+    print(summary_line(metrics, run))
+    return metrics
+
+
+def summary_line(metrics: dict, run: RunDir) -> str:
+    parts = [f"wrote {run.model_dir}", f"accuracy {metrics['accuracy']:.3f}"]
+    if "noise_ceiling" in metrics:
+        parts.append(f"({metrics['accuracy_of_ceiling']:.0%} of the noise ceiling {metrics['noise_ceiling']:.3f})")
+    if "gold_accuracy" in metrics:
+        parts.append(f"gold accuracy {metrics['gold_accuracy']:.3f}")
+    if "gold_rank_correlation" in metrics:
+        parts.append(f"rank correlation with gold {metrics['gold_rank_correlation']:.3f}")
+    if "length_correlation" in metrics:
+        parts.append(f"with length {metrics['length_correlation']:.3f}")
+    return "  ".join(parts)
+
+
+def cli(argv: list[str]) -> int:
+    config = parse_config(RewardStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
+    main(config)
+    return 0
