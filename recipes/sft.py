@@ -166,6 +166,25 @@ def load_data(config: SFTStageConfig):
     return train, test
 
 
+def drop_too_long(dataset, tokenizer, max_length: int):
+    """Conversations that fit in max_length tokens, and how many did not.
+
+    They are dropped rather than truncated: a cut-off answer has no end of turn, and would teach the
+    model to ramble on instead of ending its turn.
+    """
+    lengths = [len(tokenizer.apply_chat_template(m, tokenize=True, return_dict=False)) for m in dataset["messages"]]
+    keep = [i for i, n in enumerate(lengths) if n <= max_length]
+    return (dataset if len(keep) == len(dataset) else dataset.select(keep)), len(dataset) - len(keep)
+
+
+def resolve_max_length(config: SFTStageConfig, model) -> int:
+    context = model.config.max_position_embeddings
+    max_length = config.max_length or context
+    if max_length > context:
+        raise UserError(f"key 'max_length' ({max_length}) exceeds the model's context ({context})")
+    return max_length
+
+
 def load_eval_prompts(config: SFTStageConfig) -> list:
     if not config.eval_prompts:
         return []
@@ -206,10 +225,7 @@ def trainer_args(config: SFTStageConfig, output_dir: Path, max_length: int) -> S
 
 
 def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, output_dir: Path, callbacks=()):
-    max_length = config.max_length or model.config.max_position_embeddings
-    if max_length > model.config.max_position_embeddings:
-        raise UserError(f"key 'max_length' ({max_length}) exceeds the model's context "
-                        f"({model.config.max_position_embeddings})")
+    max_length = resolve_max_length(config, model)
     try:
         return trl.SFTTrainer(model=model, args=trainer_args(config, output_dir, max_length), train_dataset=train,
                               eval_dataset=test if len(test) else None, processing_class=tokenizer,
@@ -249,8 +265,18 @@ def main(config: SFTStageConfig) -> dict:
     train, test = load_data(config)
     prompts = load_eval_prompts(config)
     model, tokenizer = load_model(model_path)
+    max_length = resolve_max_length(config, model)
+    train, train_dropped = drop_too_long(train, tokenizer, max_length)
+    test, test_dropped = drop_too_long(test, tokenizer, max_length)
+    if len(train) == 0:
+        raise UserError(f"{config.dataset_name}: no conversation of split '{config.dataset_train_split}' fits in "
+                        f"max_length={max_length} tokens")
+    if train_dropped or test_dropped:
+        print(f"dropped {train_dropped} training and {test_dropped} evaluation conversations longer than "
+              f"max_length={max_length} tokens")
     data = {"source": config.dataset_name, "fingerprint": data_fingerprint(config),
             "train_conversations": len(train), "eval_conversations": len(test),
+            "dropped_too_long": {"train": train_dropped, "eval": test_dropped},
             "eval_prompts": config.eval_prompts, "eval_num_prompts": len(prompts), "model": str(model_path)}
     if parent is None and Path(model_path).is_dir():
         data["model_weights_sha256"] = weights_hash(Path(model_path))
