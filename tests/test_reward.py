@@ -1,0 +1,132 @@
+"""The reward-model stage through the CLI on the smoke recipe, and its statistics by hand."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from recipes.cli import main as rlhf_lab
+from reward.evaluate import noise_ceiling, pair_metrics, pearson, rankdata, spearman
+
+REPO = Path(__file__).resolve().parents[1]
+REWARD_YAML = str(REPO / "recipes/smoke/reward.yaml")
+METRICS = ("accuracy", "gold_accuracy", "noise_ceiling", "accuracy_of_ceiling", "gold_rank_correlation",
+           "length_correlation", "mean_margin")
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics, against values computed by hand
+
+
+def test_rankdata_averages_ties():
+    assert rankdata([10, 20, 20, 30]).tolist() == [1, 2.5, 2.5, 4]
+    assert rankdata([3, 1, 2]).tolist() == [3, 1, 2]
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 400]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # y ranks [1, 2, 3.5, 5, 3.5]: cov 8, var_x 10, var_y 9.5 -> 8 / sqrt(95)
+    assert spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(8 / math.sqrt(95))
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(0.9933992677987828)
+
+
+def test_noise_ceiling_by_hand():
+    sig1, sig2 = 1 / (1 + math.exp(-1)), 1 / (1 + math.exp(-2))  # gaps 0.5 and 1 at temperature 0.5
+    assert noise_ceiling([0.5, -1.0], 0.5, 0.0) == pytest.approx((sig1 + sig2) / 2)
+    flipped = 0.9 * sig1 + 0.1 * (1 - sig1)  # then a 10% flip
+    assert noise_ceiling([0.5], 0.5, 0.1) == pytest.approx(flipped)
+    assert noise_ceiling([0.0, 0.5], 0.5, 0.0) == pytest.approx((0.5 + sig1) / 2)  # a tie is a coin flip
+    sig6 = 1 / (1 + math.exp(-6))
+    assert noise_ceiling([3.0], 0.5, 0.6) == pytest.approx(1 - (0.4 * sig6 + 0.6 * (1 - sig6)))  # flips past half
+
+
+def test_pair_metrics_by_hand():
+    metrics = pair_metrics([1, 0, 2], [0, 1, 1], gold_chosen=[1, 0, 0.5], gold_rejected=[0, 1, 0],
+                           annotators=(0.5, 0.0))
+    assert metrics["accuracy"] == pytest.approx(2 / 3)  # the second pair scored against its label
+    assert metrics["gold_accuracy"] == 1.0  # ... but that label went against gold, and the model followed gold
+    assert metrics["label_gold_agreement"] == pytest.approx(2 / 3)
+    assert metrics["mean_margin"] == pytest.approx(1 / 3)
+    assert metrics["accuracy_of_ceiling"] == pytest.approx(metrics["accuracy"] / metrics["noise_ceiling"])
+    assert set(pair_metrics([1], [0])) == {"accuracy", "mean_margin", "eval_pairs"}  # no gold: no gold metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage through the CLI
+
+
+def test_reward_without_sft_names_the_stage_and_command(tmp_path, capsys):
+    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "no finished sft run" in err[0] and "rlhf-lab sft --config recipes/smoke/sft.yaml" in err[0]
+    assert not (tmp_path / "smoke" / "reward").exists()
+
+
+def test_reward_rejects_output_dir(tmp_path, capsys):
+    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(tmp_path), "--output_dir", "x"]) == 2
+    assert "output_dir" in capsys.readouterr().err
+
+
+def events(tb_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "histograms": 0})
+    accumulator.Reload()
+    return accumulator.Tags()
+
+
+def test_smoke_reward_run(smoke_sft, smoke_runs):
+    import base_model  # noqa: F401
+    from transformers import AutoModelForSequenceClassification
+
+    from recipes.rundir import weights_hash
+
+    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(smoke_runs)]) == 0
+    run = smoke_runs / "smoke" / "reward"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["stage"] == "reward"
+    assert manifest["parent"]["stage"] == "sft"
+    assert manifest["parent"]["weights_sha256"] == weights_hash(smoke_sft / "model")
+    assert manifest["data"]["fingerprint"]
+    for name in METRICS:
+        assert math.isfinite(manifest["metrics"][name]), name
+    assert 0.5 < manifest["metrics"]["noise_ceiling"] < 1
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+
+    tags = events(run / "tb")
+    for name in METRICS:
+        assert f"reward_eval/{name}" in tags["scalars"], name
+    assert "reward_eval/margins" in tags["histograms"]
+    assert "train/loss" in tags["scalars"]
+
+
+def easy_split(directory, n_train=128, n_test=48):
+    """Pairs a tiny model can learn: a helpful or safe answer against a rude or harmful one, labelled by gold."""
+    from recipes.data import read_rows
+
+    rows = [r for r in read_rows("world:preferences?size=default&seed=0", "train").records
+            if r["persona_rejected"] in ("rude", "unsafe") and r["family"] != "stories"
+            and r["gold_chosen"] - r["gold_rejected"] >= 0.5]
+    assert len(rows) >= n_train + n_test
+    directory.mkdir()
+    for split, part in (("train", rows[:n_train]), ("validation", rows[n_train:n_train + n_test])):
+        (directory / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return directory
+
+
+def test_easy_split_accuracy_clearly_above_chance(smoke_sft, tmp_path):
+    data = easy_split(tmp_path / "easy")
+    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(tmp_path / "runs"), "--recipe", "easy",
+                     "--model_name_or_path", str(smoke_sft / "model"), "--dataset_name", str(data),
+                     "--annotator_bt_temperature", "0.5", "--annotator_flip_rate", "0.05",
+                     "--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "no",
+                     "--eval_num_prompts", "4"]) == 0
+    metrics = json.loads((tmp_path / "runs" / "easy" / "reward" / "manifest.json").read_text())["metrics"]
+    assert metrics["eval_pairs"] >= 40  # pairs longer than max_length are left out
+    assert metrics["accuracy"] >= 0.75, metrics
+    assert metrics["gold_accuracy"] >= 0.75, metrics
