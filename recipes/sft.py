@@ -254,6 +254,7 @@ def logged(trainer, key: str) -> list[float]:
 
 
 def main(config: SFTStageConfig) -> dict:
+    from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
     from recipes.sft_callbacks import GoldEvalCallback
@@ -266,6 +267,8 @@ def main(config: SFTStageConfig) -> dict:
     prompts = load_eval_prompts(config)
     model, tokenizer = load_model(model_path)
     max_length = resolve_max_length(config, model)
+    config = copy.copy(config)
+    config.max_length = max_length  # config.yaml records the resolved value
     train, train_dropped = drop_too_long(train, tokenizer, max_length)
     test, test_dropped = drop_too_long(test, tokenizer, max_length)
     if len(train) == 0:
@@ -280,7 +283,10 @@ def main(config: SFTStageConfig) -> dict:
             "eval_prompts": config.eval_prompts, "eval_num_prompts": len(prompts), "model": str(model_path)}
     if parent is None and Path(model_path).is_dir():
         data["model_weights_sha256"] = weights_hash(Path(model_path))
-    run.start(config, parent=parent, data=data)
+    process = PartialState()  # under `accelerate launch`, one process claims the run directory
+    if process.is_main_process:
+        run.start(config, parent=parent, data=data)
+    process.wait_for_everyone()
     route_trainer_events(run)
 
     gold = GoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,
@@ -314,9 +320,13 @@ def main(config: SFTStageConfig) -> dict:
     if trainer.is_world_process_zero():
         save_model_atomically(final, tokenizer, run)
         run.finish(metrics)
-        summary = (f"gold reward {metrics['pretrained_gold_reward']:+.3f} -> {metrics['gold_reward']:+.3f}, "
-                   f"end of turn {metrics['end_of_turn_rate']:.0%}") if gold.latest and gold.pretrained else ""
-        print(f"wrote {run.model_dir}  eval loss {metrics['initial_eval_loss']} -> {metrics['eval_loss']}  {summary}")
+        line = f"wrote {run.model_dir}"
+        if metrics["initial_eval_loss"] is not None and metrics["eval_loss"] is not None:
+            line += f"  eval loss {metrics['initial_eval_loss']:.3f} -> {metrics['eval_loss']:.3f}"
+        if gold.latest and gold.pretrained:
+            line += (f"  gold reward {metrics['pretrained_gold_reward']:+.3f} -> {metrics['gold_reward']:+.3f}"
+                     f"  end of turn {metrics['pretrained_end_of_turn_rate']:.0%} -> {metrics['end_of_turn_rate']:.0%}")
+        print(line)
     return metrics
 
 
