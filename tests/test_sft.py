@@ -159,3 +159,35 @@ def test_unknown_key_in_the_yaml_is_named(tmp_path, capsys):
     assert rlhf_lab(["sft", "--config", str(bad), "--runs_root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{bad}: unknown key 'lora_rank'" in err[0] and "lora_r" in err[0], err
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(smoke_pretrain, smoke_runs):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "recipes.cli", "sft", "--config", SMOKE, "--runs_root", str(smoke_runs),
+               "--recipe", "smoke-killed", "--model_name_or_path", str(smoke_pretrain / "model"),
+               "--max_steps", "12", "--save_steps", "4", "--eval_steps", "12", "--eval_num_prompts", "2"]
+    run = smoke_runs / "smoke-killed" / "sft"
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file() and child.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL and manifest(run)["status"] == "running"
+    assert not (run / "model").exists()
+
+    assert rlhf_lab(command[3:]) == 2  # protected: neither restarted nor resumed silently
+    assert rlhf_lab(command[3:] + ["--resume"]) == 0
+    m = manifest(run)
+    assert m["status"] == "finished" and len(m["resumed"]) == 1 and m["metrics"]["steps"] == 12
+    # the pretrained model was scored before the kill, and that score is carried over, not recomputed
+    assert m["metrics"]["pretrained_gold_reward"] == json.loads((run / "checkpoints/gold_step0.json").read_text())[
+        "gold_reward"]
+    assert m["metrics"]["initial_eval_loss"] is not None
