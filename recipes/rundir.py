@@ -118,6 +118,9 @@ class RunDir:
                 raise UserError(f"{self.path} holds an interrupted {self.stage} run; "
                                 "pass --resume to continue it, or --overwrite to start over")
             shutil.rmtree(self.path)
+        if resume and self.is_finished():
+            raise UserError(f"{self.path} already holds a finished {self.stage} run: nothing to resume "
+                            "(pass --overwrite to run it again)")
         if resume and self.config_path.is_file():
             self._check_same_config(config)
         self.path.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,9 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(smoke_run, runs_roo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds a finished pretrain run" in err[0] and "--overwrite" in err[0]
     assert (smoke_run / "manifest.json").read_text() == before
+    assert rlhf_lab(["pretrain", "--config", str(REPO / SMOKE), "--runs_root", str(runs_root), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert (smoke_run / "manifest.json").read_text() == before
 
 
 def test_killed_run_resumes_to_the_same_losses(smoke_run, runs_root):
