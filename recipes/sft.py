@@ -64,7 +64,7 @@ class SFTStageConfig(RunArguments, trl.SFTConfig):
     eval_prompts: str | None = dataclasses.field(
         default="world:eval?size=smoke",
         metadata={"help": "Held-out prompts (split 'test') answered and scored by the gold reward at each "
-                  "evaluation; null turns this off."})
+                  "evaluation; empty or null turns this off."})
     eval_num_prompts: int = dataclasses.field(
         default=100, metadata={"help": "Use the first N held-out prompts (the same ones every time)."})
     eval_max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "Answer length budget."})
@@ -77,8 +77,9 @@ class SFTStageConfig(RunArguments, trl.SFTConfig):
         default=None,
         metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
                   "true on a CPU-only machine autocasts on the CPU."})
-    activation_checkpointing: bool = dataclasses.field(
-        default=False, metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU."})
+    activation_checkpointing: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU. Default: off."})
     gradient_checkpointing: bool | None = dataclasses.field(
         default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
     assistant_only_loss: bool = dataclasses.field(
@@ -231,7 +232,8 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
                               eval_dataset=test if len(test) else None, processing_class=tokenizer,
                               peft_config=peft_config(config), callbacks=list(callbacks))
     except ValueError as err:  # e.g. LoRA target modules that match nothing
-        raise UserError(f"{err}".splitlines()[0]) from None
+        where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
+        raise UserError(where + f"{err}".splitlines()[0]) from None
 
 
 # ----------------------------------------------------------------------------------------------
