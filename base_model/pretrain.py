@@ -419,14 +419,7 @@ def main(config: PretrainConfig) -> dict:
     accelerator.wait_for_everyone()
     if is_main:
         writer.close()
-        tmp = run.path / ".model.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        unwrapped.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        if run.model_dir.exists():
-            shutil.rmtree(run.model_dir)
-        os.replace(tmp, run.model_dir)
+        run.save_model(unwrapped, tokenizer)
         run.finish(metrics)
         accelerator.print(f"wrote {run.model_dir}  eval loss {initial_eval_loss:.3f} -> {eval_loss:.3f}")
     accelerator.end_training()

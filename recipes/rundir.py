@@ -152,6 +152,17 @@ class RunDir:
             raise UserError(f"{self.config_path}: --resume needs the same config as the interrupted run; "
                             f"these keys differ: {', '.join(changed)}")
 
+    def save_model(self, model, tokenizer) -> None:
+        """`save_pretrained` model and tokenizer into model/, written aside and renamed into place."""
+        tmp = self.path / ".model.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        if self.model_dir.exists():
+            shutil.rmtree(self.model_dir)
+        os.replace(tmp, self.model_dir)
+
     def finish(self, metrics: dict[str, Any]) -> None:
         manifest = self.manifest() or {}
         manifest.update(status="finished", finished=now(), metrics=metrics)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -240,17 +238,6 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 # The stage
 
 
-def save_model_atomically(model, tokenizer, run: RunDir) -> None:
-    tmp = run.path / ".model.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if run.model_dir.exists():
-        shutil.rmtree(run.model_dir)
-    os.replace(tmp, run.model_dir)
-
-
 def logged(trainer, key: str) -> list[float]:
     return [entry[key] for entry in trainer.state.log_history if key in entry]
 
@@ -320,7 +307,7 @@ def main(config: SFTStageConfig) -> dict:
         "wall_time_s": round(time.time() - started, 2),
     }
     if trainer.is_world_process_zero():
-        save_model_atomically(final, tokenizer, run)
+        run.save_model(final, tokenizer)
         run.finish(metrics)
         line = f"wrote {run.model_dir}"
         if metrics["initial_eval_loss"] is not None and metrics["eval_loss"] is not None:

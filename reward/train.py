@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -299,14 +297,7 @@ def main(config: RewardStageConfig) -> dict:
         "wall_time_s": round(time.time() - started, 2),
     })
 
-    tmp = run.path / ".model.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    trained.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if run.model_dir.exists():
-        shutil.rmtree(run.model_dir)
-    os.replace(tmp, run.model_dir)
+    run.save_model(trained, tokenizer)
     run.finish(metrics)
     print(summary_line(metrics, run))
     return metrics
