@@ -50,6 +50,21 @@ class RunArguments:
         return Path(self.runs_root or os.environ.get(RUNS_ROOT_ENV) or "runs")
 
 
+def resolve_trainer_precision(config) -> None:
+    """Precision defaults for a TrainingArguments-based stage config, before its __post_init__.
+
+    `bf16: null` means on where a CUDA GPU supports it, else off (TRL's own default, on, fails on a
+    CPU-only machine). `bf16: true` without CUDA autocasts on the CPU, which transformers allows
+    only with `use_cpu`; it pays on CPUs with AMX, elsewhere fp32 is faster.
+    """
+    import torch
+
+    if config.bf16 is None:
+        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not config.fp16
+    if config.bf16 and not torch.cuda.is_available():
+        config.use_cpu = True
+
+
 # Keys that say how to run, not what to run: left out of the saved config.yaml.
 INVOCATION_KEYS = ("runs_root", "resume", "overwrite")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trl
 
-from recipes.config import RunArguments, parse_config
+from recipes.config import RunArguments, parse_config, resolve_trainer_precision
 from recipes.errors import UserError
 from recipes.rundir import RunDir, require_parent, weights_hash
 
@@ -89,7 +89,8 @@ class SFTStageConfig(RunArguments, trl.SFTConfig):
     learning_rate: float = 3e-4
     num_train_epochs: float = 3.0
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.05
+    warmup_steps: float = dataclasses.field(
+        default=0.05, metadata={"help": "Warmup: a step count, or a fraction of all steps if below 1."})
     eval_strategy: str = "steps"
     eval_steps: float | None = 200
     eval_on_start: bool = True
@@ -99,8 +100,6 @@ class SFTStageConfig(RunArguments, trl.SFTConfig):
     seed: int = 0
 
     def __post_init__(self):
-        import torch
-
         if self.output_dir not in (None, OUTPUT_DIR):
             raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
                              f"(<runs_root>/<recipe>/{STAGE}/checkpoints); choose --runs_root and --recipe instead")
@@ -111,10 +110,7 @@ class SFTStageConfig(RunArguments, trl.SFTConfig):
         for key in ("eval_num_prompts", "eval_max_new_tokens", "lora_r", "lora_alpha"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
-        if self.bf16 is None:
-            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
-        if self.bf16 and not torch.cuda.is_available():
-            self.use_cpu = True  # transformers refuses bf16 without a GPU unless told to autocast on the CPU
+        resolve_trainer_precision(self)
         super().__post_init__()
 
 

@@ -18,18 +18,12 @@ from pathlib import Path
 import trl
 from transformers import TrainerCallback
 
-from recipes.config import RunArguments, parse_config
+from recipes.config import RunArguments, parse_config, resolve_trainer_precision
 from recipes.errors import UserError
 from recipes.rundir import RunDir, require_parent
 
 STAGE = "reward"
 PARENT = "sft"
-
-
-def _cuda_bf16() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 @dataclasses.dataclass
@@ -86,8 +80,7 @@ class RewardStageConfig(RunArguments, trl.RewardConfig):
         if self.output_dir is not None:
             raise ValueError("key 'output_dir': the reward stage keeps its checkpoints in "
                              "<runs_root>/<recipe>/reward/checkpoints; choose it with --runs_root and --recipe")
-        if self.bf16 is None:
-            self.bf16 = _cuda_bf16()
+        resolve_trainer_precision(self)
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             import torch
 
