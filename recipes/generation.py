@@ -7,7 +7,7 @@ model ended its turn itself, which the gold reward needs and the decoded text ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +17,7 @@ class Answer:
     text: str  # decoded, special tokens removed, cut at the end of turn
     ended: bool  # the model produced its end-of-turn token within the budget
     num_tokens: int  # tokens generated, the end-of-turn token included
+    token_ids: list[int] = field(default_factory=list)  # those tokens
 
 
 def as_messages(prompt) -> list[dict]:
@@ -55,6 +56,6 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, do_
             for new in out[:, width:].tolist():
                 ended = eos in new
                 new = new[:new.index(eos) + 1] if ended else new
-                answers.append(Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), ended, len(new)))
+                answers.append(Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), ended, len(new), new))
     model.train(was_training)
     return answers
