@@ -20,6 +20,7 @@ COMMANDS = {
     "pretrain": ("base_model.pretrain", "pretrain the from-scratch GPT and train its tokenizer"),
     "sft": ("recipes.sft", "supervised fine-tuning on conversations, loss on assistant turns only"),
     "reward": ("reward.train", "train a reward model on preference pairs and check it against the gold reward"),
+    "align": ("alignment.cli", "align the SFT model: --method dpo, kto, grpo, rloo, ppo or best-of-n"),
     "export": ("base_model.export", "convert a trained model into transformers' LlamaForCausalLM"),
 }
 

@@ -38,3 +38,13 @@ def smoke_sft(smoke_runs, smoke_pretrain) -> Path:
 
     assert rlhf_lab(["sft", "--config", str(REPO / "recipes/smoke/sft.yaml"), "--runs_root", str(smoke_runs)]) == 0
     return smoke_runs / "smoke" / "sft"
+
+
+@pytest.fixture(scope="session")
+def smoke_reward(smoke_sft, smoke_runs) -> Path:
+    """The finished smoke reward-model run (runs/smoke/reward), made once through the CLI."""
+    from recipes.cli import main as rlhf_lab
+
+    assert rlhf_lab(["reward", "--config", str(REPO / "recipes/smoke/reward.yaml"),
+                     "--runs_root", str(smoke_runs)]) == 0
+    return smoke_runs / "smoke" / "reward"

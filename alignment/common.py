@@ -1,0 +1,170 @@
+"""What every alignment method shares: its parents, its keys, its models and its evaluation.
+
+Each method is a stage `align-<method>` whose run starts from the recipe's SFT model (the policy's
+initialisation and the reference) and, for the methods that need one, the recipe's reward model
+(the proxy). `AlignArguments` holds the keys they all have; a method's config is
+`dataclass(RunArguments, AlignArguments, <its TRL config>)`, or without the TRL config where TRL
+has none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from recipes.errors import UserError
+from recipes.rundir import RunDir, require_parent, weights_hash
+
+METHODS = ("dpo", "kto", "grpo", "rloo", "ppo", "best-of-n")
+
+
+@dataclasses.dataclass
+class AlignArguments:
+    # Parents (default: the recipe's own runs).
+    sft_model_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "The SFT model: policy initialisation and reference. "
+                                "Default: <runs_root>/<recipe>/sft/model."})
+    reward_model_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "The trained reward model (the proxy). "
+                                "Default: <runs_root>/<recipe>/reward/model."})
+    # Training data: preference pairs for DPO/KTO, prompts for the online methods.
+    dataset_name: str = dataclasses.field(
+        default="world:preferences?size=smoke",
+        metadata={"help": "Training data: a local file or folder, a Hugging Face dataset name, or a world "
+                  "source. Pairs for dpo/kto; prompts (any shape with prompts) for the online methods."})
+    dataset_config: str | None = None
+    dataset_train_split: str = "train"
+    dataset_format: str = dataclasses.field(default="auto", metadata={"help": "As in recipes.data."})
+    # LoRA (names as in TRL's ModelConfig).
+    use_peft: bool = dataclasses.field(default=False, metadata={"help": "Train LoRA adapters; model/ is merged."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
+    # The one evaluation (alignment/evaluate.py), the same for every method.
+    eval_prompts: str = dataclasses.field(
+        default="world:eval?size=smoke", metadata={"help": "Held-out prompts every method is evaluated on."})
+    eval_prompts_split: str = "test"
+    eval_num_prompts: int = 100
+    eval_max_new_tokens: int = 64
+    eval_temperature: float = 1.0
+    eval_top_p: float = 1.0
+    eval_generation_batch_size: int = 32
+    eval_every: int = dataclasses.field(default=50, metadata={"help": "Evaluate every this many training steps."})
+
+    def check_alignment_keys(self) -> None:
+        for key in ("lora_r", "eval_num_prompts", "eval_max_new_tokens", "eval_generation_batch_size"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
+        if self.eval_temperature <= 0:
+            raise ValueError(f"key 'eval_temperature' must be positive, got {self.eval_temperature}")
+
+
+@dataclasses.dataclass
+class Parents:
+    sft_dir: Path
+    sft_run: RunDir | None
+    reward_dir: Path | None = None
+    reward_run: RunDir | None = None
+
+
+def _model_dir(path: str, key: str) -> Path:
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(f"key '{key}': {path} is not a saved model directory (no config.json)")
+    return path
+
+
+def resolve_parents(config, *, needs_reward: bool) -> Parents:
+    """The SFT (and reward) model directories, from the keys or from the recipe's finished runs."""
+    root, recipe = config.resolved_runs_root(), config.recipe
+    suffix = "" if config.runs_root is None else f" --runs_root {config.runs_root}"
+
+    def parent(stage: str) -> RunDir:
+        return require_parent(root, recipe, stage, f"rlhf-lab {stage} --config recipes/{recipe}/{stage}.yaml{suffix}")
+
+    if config.sft_model_name_or_path:
+        parents = Parents(_model_dir(config.sft_model_name_or_path, "sft_model_name_or_path"), None)
+    else:
+        sft = parent("sft")
+        parents = Parents(sft.model_dir, sft)
+    if needs_reward:
+        if config.reward_model_name_or_path:
+            parents.reward_dir = _model_dir(config.reward_model_name_or_path, "reward_model_name_or_path")
+        else:
+            parents.reward_run = parent("reward")
+            parents.reward_dir = parents.reward_run.model_dir
+    return parents
+
+
+def load_policy(path: Path):
+    """A causal LM and its tokenizer from a saved directory."""
+    import base_model  # noqa: F401  (registers the architecture with the Auto classes)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path)), base_model.load_tokenizer(str(path))
+
+
+def load_reward_model(path: Path):
+    import base_model  # noqa: F401
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def load_eval_prompts(config) -> list:
+    from recipes.data import load_prompts
+
+    prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"][:config.eval_num_prompts]
+    if not prompts:
+        raise UserError(f"key 'eval_prompts': {config.eval_prompts} split '{config.eval_prompts_split}' holds no prompts")
+    return prompts
+
+
+def build_evaluator(config, sft_model, tokenizer, reward_model=None):
+    from alignment.evaluate import Evaluator
+
+    return Evaluator(sft_model, tokenizer, load_eval_prompts(config), reward_model=reward_model,
+                     max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
+                     top_p=config.eval_top_p, batch_size=config.eval_generation_batch_size, seed=config.seed)
+
+
+def causal_lm_peft_config(config):
+    if not config.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules or "all-linear")
+
+
+def start_run(config, method: str, parents: Parents, data: dict | None = None) -> RunDir:
+    """Claim runs/<recipe>/align-<method>/, recording the SFT parent and the reward model used."""
+    from recipes.data import fingerprint
+
+    run = RunDir.for_config(config, f"align-{method}")
+    data = {"source": config.dataset_name,
+            "fingerprint": fingerprint(config.dataset_name, split=config.dataset_train_split,
+                                       config=config.dataset_config),
+            "eval_prompts": config.eval_prompts, **(data or {})}
+    if parents.reward_dir is not None:
+        data["reward_model"] = str(parents.reward_dir)
+        data["reward_weights_sha256"] = weights_hash(parents.reward_dir)
+    if parents.sft_run is None:
+        data["sft_model"] = str(parents.sft_dir)
+        data["sft_weights_sha256"] = weights_hash(parents.sft_dir)
+    run.start(config, parent=parents.sft_run, data=data)
+    return run
+
+
+def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float) -> dict:
+    """Save the aligned model (merged if LoRA) and the final metrics."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    run.save_model(model, tokenizer)
+    metrics = {**metrics, "wall_time_s": round(time.time() - started, 2)}
+    run.finish(metrics)
+    return metrics

@@ -1,0 +1,209 @@
+"""One evaluation for every alignment method, so their numbers can be compared honestly.
+
+On the same held-out prompts, with the same sampling settings, for any policy:
+
+    gold_reward, gold_reward_low, gold_reward_high   mean gold total and its 95% bootstrap interval
+    win_rate             share of prompts where the policy's answer beats the SFT model's on gold
+                         (ties count half); the SFT answers are sampled once, with the same settings
+    proxy_reward         mean score of the trained reward model
+    kl                   KL(policy || SFT) from the policy's own samples: mean of sum_t log p/q
+    kl_k3                the same with the non-negative k3 estimator, sum_t (r - 1 - log r), r = q/p
+    length               mean tokens per answer, end of turn included
+    end_of_turn_rate, gold/<family>, math_accuracy, harmful_compliance, over_refusal  (recipes.gold_eval)
+
+`Evaluator.evaluate(policy)` samples and scores; `Evaluator.evaluate_answers(answers, kl=...)`
+scores answers chosen another way (best-of-n, whose KL is known in closed form). `write` puts the
+metrics into TensorBoard under `gold_eval/` and the prompt/answer/gold/proxy rows as text;
+`EvaluationCallback` does both inside a transformers/TRL trainer every `eval_every` steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from transformers import TrainerCallback
+
+from recipes.generation import Answer, generate_answers, render_prompts
+from recipes.gold_eval import score_answers, summarize
+from recipes.tracking import markdown_table
+
+TB_PREFIX = "gold_eval"
+
+
+def bootstrap_interval(values, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def win_rate(policy_gold, baseline_gold) -> float:
+    """Share of paired prompts the policy wins on gold; a tie counts half."""
+    policy_gold, baseline_gold = np.asarray(policy_gold), np.asarray(baseline_gold)
+    return float(((policy_gold > baseline_gold) + 0.5 * (policy_gold == baseline_gold)).mean())
+
+
+def kl_estimates(policy_logprobs: list[torch.Tensor], reference_logprobs: list[torch.Tensor]) -> tuple[float, float]:
+    """(plain, k3) estimates of KL(policy || reference) from samples of the policy.
+
+    Each list holds one tensor per answer: the log-probability of each generated token. With
+    log r = reference - policy per token, the plain estimator sums -log r; k3 sums (r - 1) - log r,
+    which is never negative and has lower variance (Schulman, "Approximating KL divergence").
+    """
+    plain, k3 = [], []
+    for p, q in zip(policy_logprobs, reference_logprobs):
+        log_ratio = (q - p).double()
+        plain.append(float(-log_ratio.sum()))
+        k3.append(float((log_ratio.exp() - 1 - log_ratio).sum()))
+    return float(np.mean(plain)), float(np.mean(k3))
+
+
+@torch.no_grad()
+def answer_logprobs(model, prompt_ids: list[list[int]], answer_ids: list[list[int]], *, temperature: float = 1.0,
+                    batch_size: int = 32, pad_token_id: int = 0) -> list[torch.Tensor]:
+    """Log-probability of each answer token given its prompt, under `model` at `temperature`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = [p + a for p, a in zip(prompt_ids[start:start + batch_size], answer_ids[start:start + batch_size])]
+        width = max(map(len, rows))
+        input_ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], device=device)
+        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float() / temperature
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None])[..., 0]  # (B, T-1)
+        for i, (p, a) in enumerate(zip(prompt_ids[start:start + batch_size], answer_ids[start:start + batch_size])):
+            out.append(logprobs[i, len(p) - 1:len(p) - 1 + len(a)].cpu())
+    model.train(was_training)
+    return out
+
+
+class Evaluator:
+    """Evaluates policies against one SFT model on fixed prompts with fixed sampling settings."""
+
+    def __init__(self, sft_model, tokenizer, prompts, *, reward_model=None, max_new_tokens: int = 64,
+                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0):
+        self.sft_model, self.tokenizer, self.reward_model = sft_model, tokenizer, reward_model
+        self.prompts = list(prompts)
+        self.generation = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                               top_p=top_p, batch_size=batch_size, seed=seed)
+        self.batch_size, self.seed, self.temperature = batch_size, seed, temperature
+        self.prompt_ids = render_prompts(tokenizer, self.prompts)
+        self.sft_answers = generate_answers(sft_model, tokenizer, self.prompts, **self.generation)
+        self.sft_gold = [row["gold"] for row in score_answers(self.prompts, self.sft_answers)]
+
+    def sample(self, policy) -> list[Answer]:
+        return generate_answers(policy, self.tokenizer, self.prompts, **self.generation)
+
+    def evaluate(self, policy) -> tuple[dict[str, float], list[dict]]:
+        """Sample the policy's answers and score them, KL included."""
+        answers = self.sample(policy)
+        ids = [a.token_ids for a in answers]
+        pad = self.tokenizer.pad_token_id
+        options = dict(temperature=self.temperature, batch_size=self.batch_size, pad_token_id=pad)
+        kl = kl_estimates(answer_logprobs(policy, self.prompt_ids, ids, **options),
+                          answer_logprobs(self.sft_model, self.prompt_ids, ids, **options))
+        return self.evaluate_answers(answers, kl=kl)
+
+    def evaluate_answers(self, answers: list[Answer], *, kl: tuple[float, float]) -> tuple[dict[str, float], list[dict]]:
+        """Score answers to `self.prompts` (one each, in order) whose KL to SFT is known."""
+        rows = score_answers(self.prompts, answers)
+        metrics = summarize(rows)
+        gold = [row["gold"] for row in rows]
+        metrics["gold_reward_low"], metrics["gold_reward_high"] = bootstrap_interval(gold, seed=self.seed)
+        metrics["win_rate"] = win_rate(gold, self.sft_gold)
+        metrics["kl"], metrics["kl_k3"] = kl
+        if self.reward_model is not None:
+            from reward import score
+
+            proxy = score(self.reward_model, self.tokenizer, self.prompts, [a.text for a in answers],
+                          ended=[a.ended for a in answers], batch_size=self.batch_size)
+            metrics["proxy_reward"] = float(np.mean(proxy))
+            for row, value in zip(rows, proxy):
+                row["proxy"] = value
+        return metrics, rows
+
+    def sft_metrics(self) -> dict[str, float]:
+        """The SFT model's own numbers on its baseline answers (win rate 0.5, KL 0 by definition)."""
+        metrics, _ = self.evaluate_answers(self.sft_answers, kl=(0.0, 0.0))
+        return metrics
+
+
+def write(writer, metrics: dict[str, float], rows: list[dict], step: int, limit: int = 20) -> None:
+    """Metrics as TensorBoard scalars under gold_eval/, rows as a text table."""
+    for key, value in metrics.items():
+        if value is not None and math.isfinite(value):
+            writer.add_scalar(f"{TB_PREFIX}/{key}", value, step)
+    headers = ["family", "prompt", "answer", "gold"] + (["proxy"] if rows and "proxy" in rows[0] else [])
+    table = [[r["family"], r["prompt"], r["answer"] + ("" if r["ended"] else " …"), f"{r['gold']:+.2f}"]
+             + ([f"{r['proxy']:+.2f}"] if "proxy" in r else []) for r in rows[:limit]]
+    writer.add_text(f"{TB_PREFIX}/samples", markdown_table(headers, table), step)
+    writer.flush()
+
+
+class EvaluationCallback(TrainerCallback):
+    """Runs the evaluation inside a trainer: before training, every `eval_every` steps, and at the end.
+
+    Events go through the trainer's own TensorBoard writer when it has one (else `fallback_tb_dir`).
+    `history` keeps (step, metrics) of every evaluation; `latest` the last metrics.
+    """
+
+    def __init__(self, evaluator: Evaluator, *, eval_every: int, fallback_tb_dir=None):
+        self.evaluator, self.eval_every, self.fallback_tb_dir = evaluator, eval_every, fallback_tb_dir
+        self.history: list[tuple[int, dict]] = []
+        self.trainer = None
+        self._own_writer = None
+
+    @property
+    def latest(self) -> dict | None:
+        return self.history[-1][1] if self.history else None
+
+    def attach(self, trainer) -> "EvaluationCallback":
+        self.trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    def _writer(self, args):
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks = self.trainer.callback_handler.callbacks if self.trainer else []
+        tensorboard = next((c for c in callbacks if isinstance(c, TensorBoardCallback)), None)
+        if tensorboard is not None:
+            if tensorboard.tb_writer is None:
+                tensorboard._init_summary_writer(args)
+            if tensorboard.tb_writer is not None:
+                return tensorboard.tb_writer
+        if self._own_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._own_writer = SummaryWriter(str(self.fallback_tb_dir))
+        return self._own_writer
+
+    def _run(self, args, state, model):
+        if not state.is_world_process_zero or (self.history and self.history[-1][0] == state.global_step):
+            return
+        metrics, rows = self.evaluator.evaluate(model)  # a peft model generates through its adapters
+        write(self._writer(args), metrics, rows, state.global_step)
+        self.history.append((state.global_step, metrics))
+        print(f"step {state.global_step}: gold {metrics['gold_reward']:+.3f} "
+              f"[{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]  "
+              f"win {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}"
+              + (f"  proxy {metrics['proxy_reward']:+.3f}" if "proxy_reward" in metrics else ""))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._run(args, state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.eval_every and state.global_step % self.eval_every == 0:
+            self._run(args, state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._run(args, state, model)
+        if self._own_writer is not None:
+            self._own_writer.close()
+            self._own_writer = None
