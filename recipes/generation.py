@@ -42,7 +42,8 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, do_
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     rendered = render_prompts(tokenizer, prompts)
     answers: list[Answer] = []
-    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p) if do_sample \
+    # top_k=0 turns top-k off; None would let transformers 5 fall back to its default of 50.
+    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if do_sample \
         else dict(do_sample=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
