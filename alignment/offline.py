@@ -1,0 +1,204 @@
+"""What DPO and KTO share: offline alignment on preference data through a TRL trainer.
+
+Both train the SFT model on the recipe's preference pairs against a frozen reference (the SFT model
+again), with LoRA through peft as a config choice, and are evaluated by the one evaluation
+(alignment/evaluate.py) every `eval_every` steps. A method module supplies its TRL trainer class
+and how pairs become its training rows; `run(config, method, trainer_class, to_rows)` does the rest.
+
+The reference: with full fine-tuning a second, frozen copy of the SFT model is passed to the trainer
+as `ref_model` (without it TRL 1.16 reloads the reference from `config._name_or_path`). With LoRA
+none is passed: TRL then computes the reference log-probabilities with the adapters disabled, which
+is exactly the SFT model (LoRA starts at zero), and needs no second copy in the trainer. The
+evaluation always measures KL against its own frozen SFT copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+
+from recipes.errors import UserError
+
+OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
+
+
+@dataclasses.dataclass
+class TrainerDefaults:
+    """TRL/transformers keys whose defaults change for the lab (a CPU, the run directory, TensorBoard).
+
+    Listed before the TRL config among a stage config's bases, so these defaults win.
+    """
+
+    output_dir: str | None = dataclasses.field(
+        default=OUTPUT_DIR,
+        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
+    bf16: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
+                  "true on a CPU-only machine autocasts on the CPU."})
+    activation_checkpointing: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU. Default: off."})
+    gradient_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    report_to: None | str | list[str] = dataclasses.field(
+        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
+    max_length: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Pairs whose prompt plus answer exceed this many tokens are dropped. "
+                  "Default: the model's context."})
+    logging_steps: float = 10
+    save_steps: float = 200
+    save_total_limit: int | None = 2
+    seed: int = 0
+
+    def check_offline_keys(self, stage: str) -> None:
+        """Validation and CPU defaults, for the stage config's __post_init__ (before the TRL one)."""
+        from recipes.config import resolve_trainer_precision
+
+        if self.output_dir not in (None, OUTPUT_DIR):
+            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
+                             f"(<runs_root>/<recipe>/{stage}/checkpoints); choose --runs_root and --recipe instead")
+        self.output_dir = OUTPUT_DIR
+        if self.max_length is not None and self.max_length <= 0:
+            raise ValueError(f"key 'max_length' must be a positive integer, got {self.max_length}")
+        resolve_trainer_precision(self)
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = False
+        self.check_alignment_keys()
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def load_pairs(config):
+    """The recipe's preference pairs (conversational prompt/chosen/rejected)."""
+    from recipes.data import load_preferences
+
+    pairs = load_preferences(config.dataset_name, format=config.dataset_format, split=config.dataset_train_split,
+                             config=config.dataset_config)
+    if len(pairs) == 0:
+        raise UserError(f"{config.dataset_name}: split '{config.dataset_train_split}' holds no preference pairs")
+    return pairs
+
+
+def drop_too_long(pairs, tokenizer, max_length: int):
+    """Pairs whose prompt + chosen and prompt + rejected both fit in max_length tokens, and how many did not.
+
+    Dropped rather than truncated: a cut-off answer has lost its end of turn, and the loss would
+    reward or punish an answer nobody wrote.
+    """
+    def length(messages) -> int:
+        return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False))
+
+    keep = [i for i, row in enumerate(pairs)
+            if max(length(row["prompt"] + row["chosen"]), length(row["prompt"] + row["rejected"])) <= max_length]
+    return (pairs if len(keep) == len(pairs) else pairs.select(keep)), len(pairs) - len(keep)
+
+
+def prompts_fingerprint(prompts) -> str:
+    """16 hex digits naming the evaluated prompts, so runs can prove they were scored on the same ones."""
+    return hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def resolve_max_length(config, model) -> int:
+    context = model.config.max_position_embeddings
+    max_length = config.max_length or context
+    if max_length > context:
+        raise UserError(f"key 'max_length' ({max_length}) exceeds the model's context ({context})")
+    return max_length
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+# TRL's own training logs worth keeping in the final metrics: (logged key, metrics key).
+TRL_FINAL = (("rewards/margins", "train_reward_margin"), ("rewards/accuracies", "train_reward_accuracy"),
+             ("rewards/chosen", "train_reward_chosen"), ("rewards/rejected", "train_reward_rejected"),
+             ("kl", "train_kl"))
+
+
+def run(config, method: str, trainer_class, to_rows=None) -> dict:
+    """Train `method` with `trainer_class` (a TRL trainer taking ref_model and peft_config) and evaluate it.
+
+    `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from alignment.common import (build_evaluator, causal_lm_peft_config, finish_run, load_eval_prompts,
+                                  load_policy, load_reward_model, resolve_parents, start_run)
+    from alignment.evaluate import EvaluationCallback
+    from recipes.tracking import route_trainer_events
+
+    started = time.time()
+    parents = resolve_parents(config, needs_reward=True)
+    policy, tokenizer = load_policy(parents.sft_dir)
+    reference, _ = load_policy(parents.sft_dir)  # frozen: the trainer's reference (full fine-tuning) and the evaluation's SFT model
+    reference.eval().requires_grad_(False)
+    reward_model = load_reward_model(parents.reward_dir)
+
+    max_length = resolve_max_length(config, policy)
+    config = copy.copy(config)
+    config.max_length = max_length  # config.yaml records the resolved value
+    pairs, dropped = drop_too_long(load_pairs(config), tokenizer, max_length)
+    if len(pairs) == 0:
+        raise UserError(f"{config.dataset_name}: no preference pair of split '{config.dataset_train_split}' fits in "
+                        f"max_length={max_length} tokens")
+    if dropped:
+        print(f"dropped {dropped} preference pairs longer than max_length={max_length} tokens")
+    rows = to_rows(pairs, config) if to_rows else pairs
+
+    prompts = load_eval_prompts(config)
+    run_dir = start_run(config, method, parents, data={
+        "pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows),
+        "eval_num_prompts": len(prompts), "eval_prompts_fingerprint": prompts_fingerprint(prompts)})
+    route_trainer_events(run_dir)
+    evaluator = build_evaluator(config, reference, tokenizer, reward_model)  # samples the SFT baseline answers
+
+    args = copy.copy(config)
+    args.output_dir = str(run_dir.checkpoints_dir)
+    peft_config = causal_lm_peft_config(config)
+    try:
+        trainer = trainer_class(model=policy, ref_model=None if peft_config else reference, args=args,
+                                train_dataset=rows, processing_class=tokenizer, peft_config=peft_config)
+    except ValueError as err:  # e.g. LoRA target modules that match nothing, a loss that needs other keys
+        where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
+        raise UserError(where + str(err).splitlines()[0]) from None
+    callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir).attach(trainer)
+
+    checkpoint = None
+    if config.resume:
+        if run_dir.checkpoints_dir.is_dir():
+            checkpoint = get_last_checkpoint(str(run_dir.checkpoints_dir))
+        if checkpoint is None:
+            print(f"no checkpoint in {run_dir.checkpoints_dir}; starting from step 0")
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    train_losses = logged(trainer, "loss")
+    metrics = {
+        **(callback.latest or {}),
+        "train_loss": train_losses[-1] if train_losses else None,
+        "mean_train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "evaluations": len(callback.history),
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
+    }
+    for key, name in TRL_FINAL:
+        values = logged(trainer, key)
+        if values:
+            metrics[name] = values[-1]
+    metrics = finish_run(run_dir, trainer.model, tokenizer, metrics, started)
+    print(f"wrote {run_dir.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
+          f"{metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]  "
+          f"win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
+    return metrics
