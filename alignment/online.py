@@ -1,0 +1,247 @@
+"""What GRPO and RLOO share: online RL from sampled answers, through `trl.GRPOTrainer` / `trl.RLOOTrainer`.
+
+For each prompt the policy samples `num_generations` answers; a reward function scores them and
+each answer's advantage is its reward against the others of its group (GRPO: group mean and
+standard deviation; RLOO: the mean of the other answers). The reward that trains the policy is
+
+    proxy   the trained reward model (the default): what RLHF really optimises, and can over-optimise;
+    gold    the world's gold reward as a verifiable reward (RLVR): the ceiling to compare with.
+
+The evaluation (alignment/evaluate.py) is the same either way: gold, proxy and KL on held-out
+prompts, before training, every `eval_every` steps and at the end, into the manifest and TensorBoard.
+
+A method's config is `dataclass(RunArguments, AlignArguments, OnlineArguments, <TRL config>)`;
+`OnlineArguments` holds the `reward` key, the checks, and the TRL defaults that differ here.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+
+from recipes.config import resolve_trainer_precision
+from recipes.errors import UserError
+
+OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
+REWARDS = ("proxy", "gold")
+
+
+@dataclasses.dataclass
+class OnlineArguments:
+    """The `reward` key, and TRL keys whose defaults change for the lab (CPU first, TensorBoard)."""
+
+    reward: str = dataclasses.field(
+        default="proxy",
+        metadata={"help": "The reward that trains the policy: proxy (the trained reward model) or gold "
+                  "(the world's gold reward, as a verifiable reward).", "choices": list(REWARDS)})
+
+    # TRL keys whose defaults change here.
+    output_dir: str | None = dataclasses.field(
+        default=OUTPUT_DIR,
+        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
+    bf16: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
+                  "true on a CPU-only machine autocasts on the CPU."})
+    activation_checkpointing: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU. Default: off."})
+    gradient_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    report_to: None | str | list[str] = dataclasses.field(
+        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
+    logging_steps: float = 1
+    save_steps: float = 50
+    save_total_limit: int | None = 2
+    seed: int = 0
+
+    METHOD = "online"  # the stage is align-<METHOD>; set by each method's config class
+
+    def __post_init__(self):
+        stage = f"align-{self.METHOD}"
+        if self.output_dir not in (None, OUTPUT_DIR):
+            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
+                             f"(<runs_root>/<recipe>/{stage}/checkpoints); choose --runs_root and --recipe instead")
+        self.output_dir = OUTPUT_DIR
+        if self.reward not in REWARDS:
+            raise ValueError(f"key 'reward' must be one of {', '.join(REWARDS)}, got '{self.reward}'")
+        check_generation_batch(self)
+        self.check_alignment_keys()
+        resolve_trainer_precision(self)
+        super().__post_init__()
+
+
+def check_generation_batch(config) -> None:
+    """Each generation batch must hold whole groups of `num_generations` answers: say so by key names.
+
+    TRL derives generation_batch_size from per_device_train_batch_size x steps_per_generation (default:
+    gradient_accumulation_steps) x processes; its own error names only the derived key. A saved config
+    holds both derived keys; when they agree, generation_batch_size is dropped so TRL derives it again.
+    """
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = config.per_device_train_batch_size * processes
+    if config.num_generations is None or config.num_generations < 2:
+        raise ValueError(f"key 'num_generations' must be at least 2 (advantages compare the answers to one "
+                         f"prompt), got {config.num_generations}")
+    if config.generation_batch_size is not None and config.steps_per_generation is not None \
+            and config.generation_batch_size == per_step * config.steps_per_generation:
+        config.generation_batch_size = None
+    if config.generation_batch_size is not None:
+        size, how = config.generation_batch_size, f"'generation_batch_size' ({config.generation_batch_size})"
+    else:
+        steps = config.steps_per_generation or config.gradient_accumulation_steps
+        name = "steps_per_generation" if config.steps_per_generation else "gradient_accumulation_steps"
+        size = per_step * steps
+        how = (f"'per_device_train_batch_size' ({config.per_device_train_batch_size}) x '{name}' ({steps})"
+               + (f" x {processes} processes" if processes > 1 else "") + f" = {size}")
+    if size % config.num_generations:
+        raise ValueError(f"keys {how} must be a multiple of 'num_generations' ({config.num_generations}): "
+                         "each generation batch holds whole groups of answers to one prompt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reward functions (TRL's signature: prompts, completions, completion_ids, dataset columns...)
+
+
+def ended_flags(completion_ids, eos_token_id: int) -> list[bool] | None:
+    """Did each completion end its turn? TRL cuts completion_ids just after the first eos, if any."""
+    if completion_ids is None:
+        return None
+    return [bool(len(ids)) and int(ids[-1]) == eos_token_id for ids in completion_ids]
+
+
+def make_proxy_reward_func(reward_model, tokenizer, *, batch_size: int = 32):
+    """A TRL reward function scoring with the trained reward model, rendered as in its training
+    (`reward.score`: the chat template; a cut-off answer without its end of turn)."""
+    from reward import score
+
+    def proxy_reward(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
+        ended = ended_flags(completion_ids, tokenizer.eos_token_id)
+        return score(reward_model, tokenizer, list(prompts), list(completions), ended=ended, batch_size=batch_size)
+
+    return proxy_reward
+
+
+def make_reward_func(config, reward_model, tokenizer):
+    if config.reward == "gold":
+        from recipes.world import make_gold_reward_func
+
+        return make_gold_reward_func(tokenizer.eos_token_id)
+    return make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and trainer
+
+
+def load_train_prompts(config):
+    from recipes.data import load_prompts
+
+    prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
+                           config=config.dataset_config)
+    if len(prompts) == 0:
+        raise UserError(f"key 'dataset_name': {config.dataset_name} split '{config.dataset_train_split}' "
+                        "holds no prompts")
+    return prompts
+
+
+def check_context(config, model, tokenizer, prompts) -> int:
+    """Prompt + max_completion_length must fit the model's context (TRL does not cut prompts)."""
+    from recipes.generation import render_prompts
+
+    context = model.config.max_position_embeddings
+    longest = max(map(len, render_prompts(tokenizer, prompts["prompt"])))
+    if config.max_completion_length is None or longest + config.max_completion_length > context:
+        raise UserError(f"key 'max_completion_length' ({config.max_completion_length}) plus the longest prompt "
+                        f"({longest} tokens) exceeds the model's context ({context})")
+    return longest
+
+
+def trainer_args(config, output_dir):
+    args = copy.copy(config)
+    args.output_dir = str(output_dir)
+    return args
+
+
+def logged(trainer, key: str) -> list[float]:
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def train_metrics(trainer, reward_name: str) -> dict:
+    rewards, kls = logged(trainer, "reward"), logged(trainer, "kl")
+    return {
+        "steps": trainer.state.global_step,
+        "train_reward_initial": rewards[0] if rewards else None,
+        "train_reward": rewards[-1] if rewards else None,
+        f"train_{reward_name}": (logged(trainer, f"rewards/{reward_name}/mean") or [None])[-1],
+        "train_kl": kls[-1] if kls else None,
+        "train_completion_length": (logged(trainer, "completions/mean_length") or [None])[-1],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def run_online(config, method: str, trainer_class) -> dict:
+    """`main` of an online method: SFT policy + reward -> trainer_class -> evaluated, saved run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    import base_model
+    from alignment.common import (build_evaluator, causal_lm_peft_config, finish_run, load_policy,
+                                  load_reward_model, resolve_parents, start_run)
+    from alignment.evaluate import EvaluationCallback
+    from recipes.tracking import route_trainer_events
+
+    started = time.time()
+    parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated even when gold trains
+    policy, tokenizer = load_policy(parents.sft_dir)
+    policy.config._name_or_path = str(parents.sft_dir)  # TRL rebuilds the reference (beta > 0) from here
+    prompts = load_train_prompts(config)
+    longest_prompt = check_context(config, policy, tokenizer, prompts)
+    reward_model = load_reward_model(parents.reward_dir)
+    reward_tokenizer = base_model.load_tokenizer(str(parents.reward_dir))
+    sft_model, _ = load_policy(parents.sft_dir)  # frozen: the evaluation's baseline and KL reference
+    sft_model.eval().requires_grad_(False)
+    device = config.device
+    reward_model.to(device)
+    sft_model.to(device)
+
+    run = start_run(config, method, parents, data={"reward": config.reward, "train_prompts": len(prompts),
+                                                   "longest_prompt_tokens": longest_prompt})
+    route_trainer_events(run)
+    reward_func = make_reward_func(config, reward_model, reward_tokenizer)
+    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model)
+    try:
+        trainer = trainer_class(model=policy, reward_funcs=[reward_func], args=trainer_args(config, run.checkpoints_dir),
+                                train_dataset=prompts, processing_class=tokenizer,
+                                peft_config=causal_lm_peft_config(config))
+    except ValueError as err:  # e.g. LoRA target modules that match nothing
+        where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
+        raise UserError(where + str(err).splitlines()[0]) from None
+    evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir).attach(trainer)
+
+    checkpoint = get_last_checkpoint(str(run.checkpoints_dir)) if config.resume and run.checkpoints_dir.is_dir() \
+        else None
+    if config.resume and checkpoint is None:
+        print(f"no checkpoint in {run.checkpoints_dir}; starting from step 0")
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics = {
+        **(evaluation.latest or {}),
+        **train_metrics(trainer, reward_func.__name__),
+        "reward_source": config.reward,
+        "trainable_parameters": trainable,
+        "evaluations": len(evaluation.history),
+        **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
+    }
+    if not trainer.is_world_process_zero():
+        return metrics
+    metrics = finish_run(run, trainer.model, tokenizer, metrics, started)
+    print(f"wrote {run.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
+          f"{metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]"
+          f"  win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
+    return metrics

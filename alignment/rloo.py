@@ -1,0 +1,38 @@
+"""RLOO: `rlhf-lab align --method rloo --config recipes/<name>/align-rloo.yaml`.
+
+REINFORCE Leave-One-Out (Ahmadian et al. 2024, "Back to Basics") through `trl.RLOOTrainer`: for
+each prompt, `num_generations` sampled answers; each answer's baseline is the mean reward of the
+other answers to the same prompt, and the KL to the SFT model (`beta`) enters the reward. The reward
+is the trained reward model (`reward: proxy`, the default) or the gold reward (`reward: gold`). LoRA
+with `use_peft: true`, merged on save. Shared machinery: alignment/online.py; the evaluation:
+alignment/evaluate.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import trl
+
+from alignment.common import AlignArguments
+from alignment.online import OnlineArguments, run_online
+from recipes.config import RunArguments, parse_config
+
+METHOD = "rloo"
+
+
+@dataclasses.dataclass
+class RLOOStageConfig(RunArguments, AlignArguments, OnlineArguments, trl.RLOOConfig):
+    """trl.RLOOConfig (every key of it) plus the parents, data, LoRA, reward and evaluation keys."""
+
+    METHOD = METHOD
+
+
+def main(config: RLOOStageConfig) -> dict:
+    return run_online(config, METHOD, trl.RLOOTrainer)
+
+
+def cli(argv: list[str]) -> int:
+    config = parse_config(RLOOStageConfig, argv, "align --method rloo", description=__doc__.splitlines()[0])
+    main(config)
+    return 0
