@@ -1,0 +1,215 @@
+"""PPO, the InstructGPT recipe: `rlhf-lab align --method ppo --config recipes/<name>/align-ppo.yaml`.
+
+TRL removed its PPOTrainer in 1.13 (huggingface/trl PR #7020); the lab owns one, built on TRL 1.16's
+trainer base and utilities (alignment/ppo_trainer.py), with the arithmetic as small tested functions
+(alignment/ppo_core.py). Four models:
+
+    policy      the SFT model, trained (all weights, or LoRA adapters with `use_peft`; model/ is merged)
+    reference   a frozen copy of the SFT model: the per-token KL penalty, and the evaluation's baseline
+    reward      the trained reward model, frozen; scores each answer as `reward.score` does
+    value       the reward model's backbone and score head applied at every position, trained
+
+Keys are named as TRL's old PPOConfig named them (num_ppo_epochs, num_mini_batches, cliprange,
+cliprange_value, vf_coef, kl_coef, kl_estimator, gamma, lam, whiten_rewards, missing_eos_penalty,
+response_length, temperature, total_episodes, local_rollout_forward_batch_size), plus `adaptive_kl`,
+`target_kl` and `kl_horizon` for the adaptive KL controller of Ziegler et al. A rollout holds
+per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches answers; `max_steps`
+counts rollouts, and `eval_every` and `save_steps` too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+
+from trl.trainer.base_config import _BaseConfig
+
+from alignment.common import AlignArguments
+from recipes.config import RunArguments, parse_config, resolve_trainer_precision
+from recipes.errors import UserError
+
+METHOD = "ppo"
+OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
+KL_ESTIMATORS = ("k1", "k3")
+
+
+@dataclasses.dataclass
+class PPOConfig(_BaseConfig):
+    """TRL's old PPOConfig keys (trl <= 1.12) on TRL 1.16's TrainingArguments base, CPU-first defaults."""
+
+    num_ppo_epochs: int = dataclasses.field(default=4, metadata={"help": "Epochs over each rollout batch."})
+    num_mini_batches: int = dataclasses.field(default=2, metadata={"help": "Minibatches (optimizer steps) per epoch."})
+    cliprange: float = dataclasses.field(default=0.2, metadata={"help": "Policy ratio clip range."})
+    cliprange_value: float = dataclasses.field(default=0.2, metadata={"help": "Value clip range around the old values."})
+    vf_coef: float = dataclasses.field(default=0.1, metadata={"help": "Weight of the value loss."})
+    kl_coef: float = dataclasses.field(default=0.05, metadata={"help": "KL penalty coefficient (the start, if adaptive)."})
+    kl_estimator: str = dataclasses.field(
+        default="k1", metadata={"help": "Per-token KL in the reward: k1 (log p - log q) or k3.",
+                                "choices": list(KL_ESTIMATORS)})
+    adaptive_kl: bool = dataclasses.field(
+        default=False, metadata={"help": "Adapt kl_coef so the KL tracks target_kl (Ziegler et al. 2019)."})
+    target_kl: float = dataclasses.field(default=6.0, metadata={"help": "Adaptive KL: target KL per answer (nats)."})
+    kl_horizon: float = dataclasses.field(default=10000, metadata={"help": "Adaptive KL: horizon in answers."})
+    gamma: float = dataclasses.field(default=1.0, metadata={"help": "Discount."})
+    lam: float = dataclasses.field(default=0.95, metadata={"help": "GAE lambda."})
+    whiten_rewards: bool = dataclasses.field(default=False, metadata={"help": "Scale rewards to unit variance."})
+    missing_eos_penalty: float | None = dataclasses.field(
+        default=1.0, metadata={"help": "Subtracted from the score of an answer that never ends its turn; null: none."})
+    response_length: int = dataclasses.field(default=64, metadata={"help": "Most tokens per sampled answer."})
+    temperature: float = dataclasses.field(
+        default=1.0, metadata={"help": "Sampling temperature; log-probabilities use the same one."})
+    total_episodes: int | None = dataclasses.field(
+        default=None, metadata={"help": "Answers to train on, if max_steps is not set. Default: "
+                                "num_train_epochs passes over the prompts."})
+    local_rollout_forward_batch_size: int = dataclasses.field(
+        default=64, metadata={"help": "Batch size of generation and of the no-grad forward passes."})
+
+    # TrainingArguments keys whose defaults change here.
+    output_dir: str | None = dataclasses.field(
+        default=OUTPUT_DIR,
+        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
+    bf16: bool | None = dataclasses.field(
+        default=None, metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off."})
+    activation_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Not supported by the PPO loop: must stay off."})
+    gradient_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing; must stay off."})
+    report_to: None | str | list[str] = dataclasses.field(
+        default="none", metadata={"help": "Extra trackers for the trainer's logs; the run's tb/ gets the ppo/ "
+                                  "and gold_eval/ events either way."})
+    per_device_train_batch_size: int = 8
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "linear"
+    num_train_epochs: float = 1.0
+    logging_steps: float = 1
+    save_steps: float = 50
+    save_total_limit: int | None = 1
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class PPOStageConfig(RunArguments, AlignArguments, PPOConfig):
+    """PPO's keys, the alignment keys every method has, and the run keys every stage has."""
+
+    eval_every: int = dataclasses.field(default=10, metadata={"help": "Evaluate every this many rollouts."})
+
+    def __post_init__(self):
+        if self.output_dir not in (None, OUTPUT_DIR):
+            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
+                             f"(<runs_root>/<recipe>/align-{METHOD}/checkpoints); choose --runs_root and --recipe "
+                             "instead")
+        self.output_dir = OUTPUT_DIR
+        for key in ("num_ppo_epochs", "num_mini_batches", "response_length", "local_rollout_forward_batch_size",
+                    "per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
+        for key in ("cliprange", "cliprange_value", "temperature"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be positive, got {getattr(self, key)}")
+        if self.kl_coef < 0 or self.vf_coef < 0:
+            raise ValueError("keys 'kl_coef' and 'vf_coef' must not be negative")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"key 'kl_estimator' must be one of {', '.join(KL_ESTIMATORS)}, got '{self.kl_estimator}'")
+        if self.adaptive_kl and (self.target_kl <= 0 or self.kl_horizon <= 0):
+            raise ValueError("keys 'target_kl' and 'kl_horizon' must be positive with adaptive_kl")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ValueError("keys 'gamma' and 'lam' must lie in [0, 1]")
+        if self.activation_checkpointing or self.gradient_checkpointing:
+            raise ValueError("key 'activation_checkpointing' is not supported by the PPO loop")
+        if self.eval_every < 0:
+            raise ValueError(f"key 'eval_every' must not be negative, got {self.eval_every}")
+        self.check_alignment_keys()
+        resolve_trainer_precision(self)
+        super().__post_init__()
+
+    @property
+    def rollout_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+
+def check_context(config, policy, tokenizer, prompts) -> int:
+    from recipes.generation import render_prompts
+
+    context = policy.config.max_position_embeddings
+    longest = max(map(len, render_prompts(tokenizer, prompts)))
+    if longest + config.response_length > context:
+        raise UserError(f"key 'response_length' ({config.response_length}) plus the longest prompt ({longest} "
+                        f"tokens) exceeds the model's context ({context})")
+    return longest
+
+
+def main(config: PPOStageConfig) -> dict:
+    import base_model  # noqa: F401
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import set_seed
+
+    from alignment.common import (build_evaluator, causal_lm_peft_config, finish_run, load_policy,
+                                  load_reward_model, resolve_parents, start_run)
+    from alignment.ppo_trainer import PPOTrainer, checkpoints
+
+    started = time.time()
+    parents = resolve_parents(config, needs_reward=True)
+    set_seed(config.seed)
+    policy, tokenizer = load_policy(parents.sft_dir)
+    ref_model, _ = load_policy(parents.sft_dir)  # frozen: KL reference and the evaluation's baseline
+    ref_model.eval().requires_grad_(False)
+    reward_model = load_reward_model(parents.reward_dir)
+    value_model = load_reward_model(parents.reward_dir)  # detail: the value model starts as the reward model
+    value_model.requires_grad_(True)
+    from recipes.data import load_prompts
+
+    prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
+                           config=config.dataset_config)
+    if len(prompts) < config.rollout_batch_size:
+        raise UserError(f"key 'dataset_name': {len(prompts)} prompts, fewer than one rollout "
+                        f"({config.rollout_batch_size} = per_device_train_batch_size x gradient_accumulation_steps "
+                        "x num_mini_batches)")
+    longest = check_context(config, policy, tokenizer, prompts["prompt"])
+    peft_config = causal_lm_peft_config(config)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        try:
+            policy = get_peft_model(policy, peft_config)
+        except ValueError as err:
+            raise UserError("key 'lora_target_modules': " + str(err).splitlines()[0]) from None
+
+    run = start_run(config, METHOD, parents, data={"train_prompts": len(prompts), "longest_prompt_tokens": longest})
+    resume_from = max(checkpoints(run.checkpoints_dir), default=0) if config.resume else 0
+    if config.resume and not resume_from:
+        print(f"no checkpoint in {run.checkpoints_dir}; starting from rollout 0")
+    writer = SummaryWriter(str(run.tb_dir), purge_step=resume_from + 1 if resume_from else None)
+    evaluator = build_evaluator(config, ref_model, tokenizer, reward_model)
+    args = copy.copy(config)
+    args.output_dir = str(run.checkpoints_dir)
+    trainer = PPOTrainer(args, policy=policy, ref_model=ref_model, reward_model=reward_model, value_model=value_model,
+                         processing_class=tokenizer, train_dataset=prompts, evaluator=evaluator, writer=writer,
+                         checkpoints_dir=run.checkpoints_dir)
+    try:
+        training = trainer.train(resume=bool(resume_from))
+    finally:
+        writer.close()
+    final = trainer.eval_history[-1][1] if trainer.eval_history else {}
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics = {
+        **final,
+        **training,
+        "rollout_batch_size": config.rollout_batch_size,
+        "trainable_parameters": trainable,
+        "evaluations": len(trainer.eval_history),
+        **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
+    }
+    if not trainer.is_world_process_zero():
+        return metrics
+    metrics = finish_run(run, trainer.policy, tokenizer, metrics, started)  # the policy only, merged if LoRA
+    print(f"wrote {run.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
+          f"{metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]"
+          f"  win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
+    return metrics
+
+
+def cli(argv: list[str]) -> int:
+    config = parse_config(PPOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
+    main(config)
+    return 0
