@@ -1,0 +1,97 @@
+"""PPO through the CLI on the smoke recipe (`rlhf-lab align --method ppo`), on top of the session's
+smoke SFT and reward runs: the policy trains, the manifest holds the evaluation and the PPO numbers,
+TensorBoard holds the ppo/ scalars and the gold evaluation at several steps, and the value model
+starts as the reward model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes.cli import main as rlhf_lab
+
+REPO = Path(__file__).resolve().parents[1]
+PPO_YAML = str(REPO / "recipes/smoke/align-ppo.yaml")
+PPO_SCALARS = ("reward", "kl", "kl_coef", "entropy", "clip_fraction", "approx_kl", "policy_loss", "value_loss",
+               "explained_variance", "missing_eos_rate", "length")
+EVALUATION = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "kl_k3",
+              "length")
+
+
+@pytest.fixture(scope="module")
+def ppo_run(smoke_reward, smoke_runs) -> Path:
+    assert rlhf_lab(["align", "--method", "ppo", "--config", PPO_YAML, "--runs_root", str(smoke_runs)]) == 0
+    return smoke_runs / "smoke" / "align-ppo"
+
+
+def weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(next(model_dir.glob("*.safetensors"))))
+
+
+def test_policy_parameters_change(ppo_run, smoke_sft):
+    before, after = weights(smoke_sft / "model"), weights(ppo_run / "model")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_manifest_holds_the_evaluation_and_the_ppo_numbers(ppo_run):
+    manifest = json.loads((ppo_run / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["stage"] == "align-ppo"
+    assert manifest["parent"]["stage"] == "sft" and "reward_weights_sha256" in manifest["data"]
+    metrics = manifest["metrics"]
+    for key in EVALUATION + tuple(f"sft_{k}" for k in ("gold_reward", "proxy_reward")):
+        assert key in metrics, key
+    assert metrics["gold_reward_low"] <= metrics["gold_reward"] <= metrics["gold_reward_high"]
+    for key in PPO_SCALARS:
+        assert f"train_{key}" in metrics, key
+    assert metrics["train_rollouts"] == 3 and metrics["evaluations"] == 4  # before, after each of 3 rollouts
+    # Rollout and update compute the same log-probabilities: at the first minibatch the ratio is 1.
+    assert metrics["train_first_minibatch_ratio_deviation"] < 1e-4
+    assert (ppo_run / "checkpoints" / "checkpoint-2" / "state.pt").is_file()  # save_steps: 2
+
+
+def test_tensorboard_holds_ppo_scalars_and_the_gold_evaluation(ppo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(ppo_run / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    for key in PPO_SCALARS:
+        assert [e.step for e in events.Scalars(f"ppo/{key}")] == [1, 2, 3], key
+    for key in ("gold_reward", "win_rate", "kl", "proxy_reward"):
+        assert [e.step for e in events.Scalars(f"gold_eval/{key}")] == [0, 1, 2, 3], key
+    text = [t for t in tags["tensors"] if t.startswith("gold_eval/samples")]
+    assert text and len(events.Tensors(text[0])) >= 2
+    first = events.Tensors(text[0])[0].tensor_proto.string_val[0].decode()
+    assert "| family | prompt | answer | gold | proxy |" in first
+
+
+def test_value_model_starts_as_the_reward_model(smoke_reward):
+    from alignment.common import load_reward_model, load_policy
+    from alignment.ppo_trainer import token_values
+    from reward.evaluate import render
+
+    reward_model = load_reward_model(smoke_reward / "model")
+    value_model = load_reward_model(smoke_reward / "model")
+    _, tokenizer = load_policy(smoke_reward.parent / "sft" / "model")
+    rows = [render(tokenizer, "What is 2 + 3?", "5"), render(tokenizer, "Say hello.", "Hello there, friend!", False)]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])  # left-padded, as in a rollout
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    with torch.no_grad():
+        values = token_values(value_model, input_ids, attention_mask)
+        scores = reward_model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+    assert values.shape == input_ids.shape
+    assert torch.allclose(values[:, -1], scores, atol=1e-5)
+
+
+def test_bad_keys_are_refused_by_name(smoke_runs, capsys):
+    for flags, name in ((["--output_dir", "x"], "output_dir"), (["--kl_estimator", "k2"], "kl_estimator"),
+                        (["--num_mini_batches", "0"], "num_mini_batches")):
+        assert rlhf_lab(["align", "--method", "ppo", "--config", PPO_YAML, "--runs_root", str(smoke_runs),
+                         "--recipe", "ppo-bad", *flags]) == 2
+        assert name in capsys.readouterr().err
