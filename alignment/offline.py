@@ -134,15 +134,23 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     """
     from transformers.trainer_utils import get_last_checkpoint
 
-    from alignment.common import (build_evaluator, causal_lm_peft_config, finish_run, load_eval_prompts,
-                                  load_policy, load_reward_model, resolve_parents, start_run)
+    from alignment.common import (
+        build_evaluator,
+        causal_lm_peft_config,
+        finish_run,
+        load_eval_prompts,
+        load_policy,
+        load_reward_model,
+        resolve_parents,
+        start_run,
+    )
     from alignment.evaluate import EvaluationCallback
     from recipes.tracking import route_trainer_events
 
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
     policy, tokenizer = load_policy(parents.sft_dir)
-    reference, _ = load_policy(parents.sft_dir)  # frozen: the trainer's reference (full fine-tuning) and the evaluation's SFT model
+    reference, _ = load_policy(parents.sft_dir)  # frozen: the trainer's reference and the evaluation's SFT model
     reference.eval().requires_grad_(False)
     reward_model = load_reward_model(parents.reward_dir)
 
@@ -173,7 +181,8 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     except ValueError as err:  # e.g. LoRA target modules that match nothing, a loss that needs other keys
         where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
         raise UserError(where + str(err).splitlines()[0]) from None
-    callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir).attach(trainer)
+    callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir)
+    callback.attach(trainer)
 
     checkpoint = None
     if config.resume:
