@@ -9,7 +9,9 @@ highest (the first on a tie). The chosen answers go through the one evaluation
 The best-of-n policy's KL to the SFT model is known in closed form, log n - (n-1)/n (Stiennon et
 al. 2020; Beirami et al. 2024 show it is an upper bound, exact when no two samples tie). It is
 recorded as both KL estimates (`kl`, `kl_k3`) and as `kl_analytic`; the manifest says so under
-`data.kl`.
+`data.kl`. Besides the evaluation's metrics: `best_proxy_reward` (mean proxy of the chosen answers,
+from the pass that chose them), `sft_<metric>` (the SFT baseline, sample 0), `chosen_first_rate`
+(share of prompts where sample 0 won), `tokens_generated` (all n samples).
 
 model/ holds what "the best-of-n policy" is: the SFT model (from_pretrained-loadable, with its
 tokenizer), the reward model in model/reward_model/, and model/best_of_n.json naming both (with the
@@ -112,8 +114,7 @@ def main(config: BestOfNConfig) -> dict:
         "kl_analytic": kl,
         "n": config.n,
         "best_proxy_reward": sum(max(s) for s in proxy) / len(proxy),  # same scoring pass as the choice
-        "sft_proxy_reward": sum(s[0] for s in proxy) / len(proxy),  # sample 0: the evaluator's SFT answers
-        "sft_gold_reward": sum(evaluator.sft_gold) / len(evaluator.sft_gold),
+        **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},  # sample 0: the evaluator's SFT answers
         "chosen_first_rate": sum(k == 0 for k in chosen) / len(chosen),
         "tokens_generated": sum(a.num_tokens for answers_k in samples for a in answers_k),
     })

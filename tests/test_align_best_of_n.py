@@ -1,0 +1,139 @@
+"""Best-of-n through the CLI on the smoke recipe: the one evaluation, the analytic KL, TensorBoard,
+what model/ holds, and the errors a user meets."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignment.best_of_n import best_of
+from recipes.cli import main as rlhf_lab
+
+REPO = Path(__file__).resolve().parents[1]
+BON_YAML = str(REPO / "recipes/smoke/align-best-of-n.yaml")
+EVAL_METRICS = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "kl_k3",
+                "length", "end_of_turn_rate")
+
+
+@pytest.fixture(scope="module")
+def bon_run(smoke_reward, smoke_runs) -> Path:
+    assert rlhf_lab(["align", "--method", "best-of-n", "--config", BON_YAML, "--runs_root", str(smoke_runs)]) == 0
+    return smoke_runs / "smoke" / "align-best-of-n"
+
+
+def manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())
+
+
+def test_best_of_picks_the_first_highest():
+    assert best_of([[0.1, 0.5, 0.2], [1.0, 1.0, 0.0], [-3.0], [-1.0, -0.5, -0.5]]) == [1, 0, 0, 1]
+
+
+def test_the_run_finishes_with_the_evaluation_and_the_analytic_kl(bon_run):
+    m = manifest(bon_run)
+    assert m["status"] == "finished" and m["stage"] == "align-best-of-n" and m["parent"]["stage"] == "sft"
+    metrics = m["metrics"]
+    for key in EVAL_METRICS:
+        assert math.isfinite(metrics[key]), key
+    kl = math.log(4) - 3 / 4
+    assert metrics["n"] == 4
+    assert metrics["kl_analytic"] == metrics["kl"] == metrics["kl_k3"] == pytest.approx(kl)
+    assert "analytic" in m["data"]["kl"] and m["data"]["n"] == 4
+    assert m["data"]["reward_weights_sha256"]
+    assert metrics["gold_reward_low"] <= metrics["gold_reward"] <= metrics["gold_reward_high"]
+    assert 0.0 <= metrics["win_rate"] <= 1.0 and 0.0 <= metrics["chosen_first_rate"] <= 1.0
+    assert yaml.safe_load((bon_run / "config.yaml").read_text())["n"] == 4
+
+
+def test_the_chosen_answers_beat_plain_sft_samples_on_the_proxy(bon_run, smoke_sft, smoke_reward):
+    from alignment.best_of_n import BestOfNConfig
+    from alignment.common import build_evaluator, load_policy, load_reward_model
+    from recipes.config import parse_config
+
+    metrics = manifest(bon_run)["metrics"]
+    # The maximum over n samples, the first of which is the evaluator's own SFT sample.
+    assert metrics["best_proxy_reward"] >= metrics["sft_proxy_reward"]
+    assert metrics["proxy_reward"] == pytest.approx(metrics["best_proxy_reward"], abs=1e-4)
+    # The plain SFT samples, drawn again by an evaluator built independently from the same config.
+    config = parse_config(BestOfNConfig, ["--config", BON_YAML], "align --method best-of-n")
+    model, tokenizer = load_policy(smoke_sft / "model")
+    evaluator = build_evaluator(config, model, tokenizer, load_reward_model(smoke_reward / "model"))
+    sft = evaluator.sft_metrics()
+    assert sft["proxy_reward"] == pytest.approx(metrics["sft_proxy_reward"], abs=1e-4)
+    assert sft["gold_reward"] == pytest.approx(metrics["sft_gold_reward"])
+    assert metrics["proxy_reward"] >= sft["proxy_reward"] - 1e-4
+
+
+def test_best_of_one_is_the_sft_model(smoke_sft, smoke_reward, tmp_path):
+    """n=1 keeps sample 0, the evaluator's own SFT answer: KL 0, every prompt a tie. Parents given as paths."""
+    assert rlhf_lab(["align", "--method", "best-of-n", "--config", BON_YAML, "--runs_root", str(tmp_path), "--n", "1",
+                     "--sft_model_name_or_path", str(smoke_sft / "model"),
+                     "--reward_model_name_or_path", str(smoke_reward / "model")]) == 0
+    m = manifest(tmp_path / "smoke" / "align-best-of-n")
+    metrics = m["metrics"]
+    assert metrics["kl"] == metrics["kl_k3"] == 0.0 and metrics["win_rate"] == 0.5
+    assert metrics["gold_reward"] == metrics["sft_gold_reward"] and metrics["chosen_first_rate"] == 1.0
+    assert metrics["proxy_reward"] == pytest.approx(metrics["sft_proxy_reward"], abs=1e-5)
+    assert m["parent"] is None and m["data"]["sft_model"] == str(smoke_sft / "model")
+
+
+def test_tensorboard_holds_the_gold_eval_scalars_and_samples(bon_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(bon_run / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    metrics = manifest(bon_run)["metrics"]
+    for key in EVAL_METRICS + ("kl_analytic",):
+        (event,) = events.Scalars(f"gold_eval/{key}")
+        assert event.step == 0 and event.value == pytest.approx(metrics[key], rel=1e-5, abs=1e-6)
+    table = events.Tensors("gold_eval/samples/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert table.startswith("| family | prompt | answer | gold | proxy |")
+
+
+def test_model_holds_the_sft_model_the_reward_model_and_the_recipe(bon_run, smoke_sft, smoke_reward):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    import base_model  # noqa: F401
+    from recipes.rundir import weights_hash
+
+    model_dir = bon_run / "model"
+    spec = json.loads((model_dir / "best_of_n.json").read_text())
+    assert spec["method"] == "best-of-n" and spec["n"] == 4 and spec["reward_model"] == "reward_model"
+    assert spec["sampling"]["max_new_tokens"] == 16 and spec["sampling"]["temperature"] == 1.0
+    assert weights_hash(model_dir) == weights_hash(smoke_sft / "model") == spec["sft_weights_sha256"]
+    assert weights_hash(model_dir / "reward_model") == weights_hash(smoke_reward / "model") \
+        == spec["reward_weights_sha256"]
+    AutoModelForCausalLM.from_pretrained(str(model_dir))
+    AutoModelForSequenceClassification.from_pretrained(str(model_dir / "reward_model"), num_labels=1)
+    base_model.load_tokenizer(str(model_dir))
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_finished_run_is_not_replaced_without_overwrite(bon_run, smoke_runs, capsys):
+    before = (bon_run / "manifest.json").read_text()
+    assert rlhf_lab(["align", "--method", "best-of-n", "--config", BON_YAML, "--runs_root", str(smoke_runs)]) == 2
+    assert "already holds a finished align-best-of-n run" in one_error_line(capsys)
+    assert (bon_run / "manifest.json").read_text() == before
+
+
+def test_without_a_reward_run_it_names_the_reward_stage(smoke_sft, tmp_path, capsys):
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "sft").symlink_to(smoke_sft)  # a finished SFT run, no reward run
+    assert rlhf_lab(["align", "--method", "best-of-n", "--config", BON_YAML, "--runs_root", str(tmp_path)]) == 2
+    line = one_error_line(capsys)
+    assert "no finished reward run" in line
+    assert f"rlhf-lab reward --config recipes/smoke/reward.yaml --runs_root {tmp_path}" in line
+    assert not (tmp_path / "smoke" / "align-best-of-n").exists()
+
+
+def test_n_must_be_positive(tmp_path, capsys):
+    assert rlhf_lab(["align", "--method", "best-of-n", "--config", BON_YAML, "--runs_root", str(tmp_path),
+                     "--n", "0"]) == 2
+    assert "key 'n' must be a positive integer" in one_error_line(capsys)
