@@ -147,11 +147,16 @@ def load_train_prompts(config):
     return prompts
 
 
-def check_context(config, model, tokenizer, prompts) -> int:
-    """Prompt + max_completion_length must fit the model's context (TRL does not cut prompts)."""
+def check_context(config, model_dir, prompts) -> int:
+    """Prompt + max_completion_length must fit the model's context (TRL does not cut prompts); checked
+    from the saved config and tokenizer, before any weights load."""
+    from transformers import AutoConfig
+
+    import base_model
     from recipes.generation import render_prompts
 
-    context = model.config.max_position_embeddings
+    tokenizer = base_model.load_tokenizer(str(model_dir))
+    context = AutoConfig.from_pretrained(str(model_dir)).max_position_embeddings
     longest = max(map(len, render_prompts(tokenizer, prompts["prompt"])))
     if config.max_completion_length is None or longest + config.max_completion_length > context:
         raise UserError(f"key 'max_completion_length' ({config.max_completion_length}) plus the longest prompt "
@@ -187,20 +192,29 @@ def train_metrics(trainer, reward_name: str) -> dict:
 
 def run_online(config, method: str, trainer_class) -> dict:
     """`main` of an online method: SFT policy + reward -> trainer_class -> evaluated, saved run."""
+    from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
     import base_model
-    from alignment.common import (build_evaluator, causal_lm_peft_config, finish_run, load_policy,
-                                  load_reward_model, resolve_parents, start_run)
+    from alignment.common import (
+        build_evaluator,
+        causal_lm_peft_config,
+        finish_run,
+        load_policy,
+        load_reward_model,
+        resolve_parents,
+        start_run,
+    )
     from alignment.evaluate import EvaluationCallback
+    from recipes.rundir import RunDir
     from recipes.tracking import route_trainer_events
 
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated even when gold trains
+    prompts = load_train_prompts(config)
+    longest_prompt = check_context(config, parents.sft_dir, prompts)
     policy, tokenizer = load_policy(parents.sft_dir)
     policy.config._name_or_path = str(parents.sft_dir)  # TRL rebuilds the reference (beta > 0) from here
-    prompts = load_train_prompts(config)
-    longest_prompt = check_context(config, policy, tokenizer, prompts)
     reward_model = load_reward_model(parents.reward_dir)
     reward_tokenizer = base_model.load_tokenizer(str(parents.reward_dir))
     sft_model, _ = load_policy(parents.sft_dir)  # frozen: the evaluation's baseline and KL reference
@@ -209,8 +223,11 @@ def run_online(config, method: str, trainer_class) -> dict:
     reward_model.to(device)
     sft_model.to(device)
 
-    run = start_run(config, method, parents, data={"reward": config.reward, "train_prompts": len(prompts),
-                                                   "longest_prompt_tokens": longest_prompt})
+    data = {"reward": config.reward, "train_prompts": len(prompts), "longest_prompt_tokens": longest_prompt}
+    process = PartialState()  # under `accelerate launch`, one process claims the run directory
+    run = start_run(config, method, parents, data=data) if process.is_main_process \
+        else RunDir.for_config(config, f"align-{method}")
+    process.wait_for_everyone()
     route_trainer_events(run)
     reward_func = make_reward_func(config, reward_model, reward_tokenizer)
     evaluator = build_evaluator(config, sft_model, tokenizer, reward_model)
