@@ -95,3 +95,22 @@ def test_bad_keys_are_refused_by_name(smoke_runs, capsys):
         assert rlhf_lab(["align", "--method", "ppo", "--config", PPO_YAML, "--runs_root", str(smoke_runs),
                          "--recipe", "ppo-bad", *flags]) == 2
         assert name in capsys.readouterr().err
+
+
+def test_resume_from_the_last_checkpoint_repeats_the_uninterrupted_run(ppo_run, smoke_runs):
+    """Last in this file: it rewinds ppo_run to its rollout-2 checkpoint and resumes it."""
+    manifest = json.loads((ppo_run / "manifest.json").read_text())
+    finished_weights = weights(ppo_run / "model")
+    manifest["status"] = "running"  # as if killed during rollout 3
+    (ppo_run / "manifest.json").write_text(json.dumps(manifest))
+    import shutil
+
+    shutil.rmtree(ppo_run / "model")
+    assert rlhf_lab(["align", "--method", "ppo", "--config", PPO_YAML, "--runs_root", str(smoke_runs),
+                     "--resume"]) == 0
+    resumed = json.loads((ppo_run / "manifest.json").read_text())
+    assert resumed["status"] == "finished" and len(resumed["resumed"]) == 1
+    for key in ("train_reward", "train_kl", "train_clip_fraction", "gold_reward"):
+        assert resumed["metrics"][key] == pytest.approx(manifest["metrics"][key], abs=1e-6), key
+    resumed_weights = weights(ppo_run / "model")
+    assert all(torch.allclose(finished_weights[k], resumed_weights[k], atol=1e-6) for k in finished_weights)
