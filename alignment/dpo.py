@@ -15,7 +15,7 @@ import dataclasses
 import trl
 
 from alignment.common import AlignArguments
-from alignment.offline import TrainerDefaults, run
+from alignment.offline import OfflineArguments, run
 from recipes.config import RunArguments, parse_config
 
 METHOD = "dpo"
@@ -25,7 +25,7 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 
 
 @dataclasses.dataclass
-class DPOStageConfig(RunArguments, AlignArguments, TrainerDefaults, trl.DPOConfig):
+class DPOStageConfig(RunArguments, AlignArguments, OfflineArguments, trl.DPOConfig):
     """trl.DPOConfig (every key of it) plus the alignment keys (parents, data, LoRA, evaluation)."""
 
     learning_rate: float = 5e-6

@@ -16,7 +16,7 @@ import dataclasses
 import trl
 
 from alignment.common import AlignArguments
-from alignment.offline import TrainerDefaults, run
+from alignment.offline import OfflineArguments, run
 from recipes.config import RunArguments, parse_config
 
 METHOD = "kto"
@@ -24,7 +24,7 @@ STAGE = f"align-{METHOD}"
 
 
 @dataclasses.dataclass
-class KTOStageConfig(RunArguments, AlignArguments, TrainerDefaults, trl.KTOConfig):
+class KTOStageConfig(RunArguments, AlignArguments, OfflineArguments, trl.KTOConfig):
     """trl.KTOConfig (every key of it) plus the alignment keys (parents, data, LoRA, evaluation)."""
 
     learning_rate: float = 5e-6

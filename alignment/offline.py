@@ -20,54 +20,27 @@ import hashlib
 import json
 import time
 
+from recipes.config import TrainerDefaults
 from recipes.errors import UserError
 
-OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
 
 
 @dataclasses.dataclass
-class TrainerDefaults:
-    """TRL/transformers keys whose defaults change for the lab (a CPU, the run directory, TensorBoard).
+class OfflineArguments(TrainerDefaults):
+    """The lab's defaults for DPO and KTO; listed before the TRL config among a stage config's bases."""
 
-    Listed before the TRL config among a stage config's bases, so these defaults win.
-    """
-
-    output_dir: str | None = dataclasses.field(
-        default=OUTPUT_DIR,
-        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
-    bf16: bool | None = dataclasses.field(
-        default=None,
-        metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
-                  "true on a CPU-only machine autocasts on the CPU."})
-    activation_checkpointing: bool | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU. Default: off."})
-    gradient_checkpointing: bool | None = dataclasses.field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
-    report_to: None | str | list[str] = dataclasses.field(
-        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
     max_length: int | None = dataclasses.field(
         default=None,
         metadata={"help": "Pairs whose prompt plus answer exceed this many tokens are dropped. "
                   "Default: the model's context."})
     logging_steps: float = 10
     save_steps: float = 200
-    save_total_limit: int | None = 2
-    seed: int = 0
 
     def check_offline_keys(self, stage: str) -> None:
         """Validation and CPU defaults, for the stage config's __post_init__ (before the TRL one)."""
-        from recipes.config import resolve_trainer_precision
-
-        if self.output_dir not in (None, OUTPUT_DIR):
-            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
-                             f"(<runs_root>/<recipe>/{stage}/checkpoints); choose --runs_root and --recipe instead")
-        self.output_dir = OUTPUT_DIR
+        self.apply_trainer_defaults(stage)
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"key 'max_length' must be a positive integer, got {self.max_length}")
-        resolve_trainer_precision(self)
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = False
         self.check_alignment_keys()
 
 

@@ -21,15 +21,14 @@ import dataclasses
 import os
 import time
 
-from recipes.config import resolve_trainer_precision
+from recipes.config import TrainerDefaults
 from recipes.errors import UserError
 
-OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
 REWARDS = ("proxy", "gold")
 
 
 @dataclasses.dataclass
-class OnlineArguments:
+class OnlineArguments(TrainerDefaults):
     """The `reward` key, and TRL keys whose defaults change for the lab (CPU first, TensorBoard)."""
 
     reward: str = dataclasses.field(
@@ -38,38 +37,18 @@ class OnlineArguments:
                   "(the world's gold reward, as a verifiable reward).", "choices": list(REWARDS)})
 
     # TRL keys whose defaults change here.
-    output_dir: str | None = dataclasses.field(
-        default=OUTPUT_DIR,
-        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
-    bf16: bool | None = dataclasses.field(
-        default=None,
-        metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
-                  "true on a CPU-only machine autocasts on the CPU."})
-    activation_checkpointing: bool | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU. Default: off."})
-    gradient_checkpointing: bool | None = dataclasses.field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
-    report_to: None | str | list[str] = dataclasses.field(
-        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
     logging_steps: float = 1
     save_steps: float = 50
-    save_total_limit: int | None = 2
-    seed: int = 0
 
     METHOD = "online"  # the stage is align-<METHOD>; set by each method's config class
 
     def __post_init__(self):
         stage = f"align-{self.METHOD}"
-        if self.output_dir not in (None, OUTPUT_DIR):
-            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
-                             f"(<runs_root>/<recipe>/{stage}/checkpoints); choose --runs_root and --recipe instead")
-        self.output_dir = OUTPUT_DIR
+        self.apply_trainer_defaults(stage)
         if self.reward not in REWARDS:
             raise ValueError(f"key 'reward' must be one of {', '.join(REWARDS)}, got '{self.reward}'")
         check_generation_batch(self)
         self.check_alignment_keys()
-        resolve_trainer_precision(self)
         super().__post_init__()
 
 

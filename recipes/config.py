@@ -50,6 +50,42 @@ class RunArguments:
         return Path(self.runs_root or os.environ.get(RUNS_ROOT_ENV) or "runs")
 
 
+CHECKPOINTS_DIR = "<run>/checkpoints"  # what a trainer stage's output_dir always is
+
+
+@dataclasses.dataclass
+class TrainerDefaults:
+    """transformers/TRL keys whose defaults change in every trainer-based stage (a CPU, the run
+    directory, TensorBoard). List it before the TRL config among a stage config's bases, so these
+    defaults win, and call `apply_trainer_defaults(stage)` first in the stage's __post_init__."""
+
+    output_dir: str | None = dataclasses.field(
+        default=CHECKPOINTS_DIR,
+        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
+    bf16: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
+                  "true on a CPU-only machine autocasts on the CPU."})
+    activation_checkpointing: bool | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU. Default: off."})
+    gradient_checkpointing: bool | None = dataclasses.field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
+    report_to: None | str | list[str] = dataclasses.field(
+        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
+    save_total_limit: int | None = 2
+    seed: int = 0
+
+    def apply_trainer_defaults(self, stage: str) -> None:
+        if self.output_dir not in (None, CHECKPOINTS_DIR):
+            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
+                             f"(<runs_root>/<recipe>/{stage}/checkpoints); choose --runs_root and --recipe instead")
+        self.output_dir = CHECKPOINTS_DIR
+        resolve_trainer_precision(self)
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = False
+
+
 def resolve_trainer_precision(config) -> None:
     """Precision defaults for a TrainingArguments-based stage config, before its __post_init__.
 

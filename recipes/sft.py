@@ -20,17 +20,16 @@ from pathlib import Path
 
 import trl
 
-from recipes.config import RunArguments, parse_config, resolve_trainer_precision
+from recipes.config import RunArguments, TrainerDefaults, parse_config
 from recipes.errors import UserError
 from recipes.rundir import RunDir, require_parent, weights_hash
 
 STAGE = "sft"
 PARENT = "pretrain"
-OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
 
 
 @dataclasses.dataclass
-class SFTStageConfig(RunArguments, trl.SFTConfig):
+class SFTStageConfig(RunArguments, TrainerDefaults, trl.SFTConfig):
     """trl.SFTConfig (every key of it) plus the model, data, LoRA and gold-evaluation keys it lacks."""
 
     # Model (names as in TRL's ModelConfig).
@@ -68,24 +67,10 @@ class SFTStageConfig(RunArguments, trl.SFTConfig):
     eval_max_new_tokens: int = dataclasses.field(default=64, metadata={"help": "Answer length budget."})
 
     # trl.SFTConfig keys whose defaults change here.
-    output_dir: str | None = dataclasses.field(
-        default=OUTPUT_DIR,
-        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
-    bf16: bool | None = dataclasses.field(
-        default=None,
-        metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off; "
-                  "true on a CPU-only machine autocasts on the CPU."})
-    activation_checkpointing: bool | None = dataclasses.field(
-        default=None,
-        metadata={"help": "Recompute activations in backward: saves memory, costs 15-40%% on CPU. Default: off."})
-    gradient_checkpointing: bool | None = dataclasses.field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing."})
     assistant_only_loss: bool = dataclasses.field(
         default=True, metadata={"help": "Compute the loss on assistant turns only."})
     max_length: int | None = dataclasses.field(
         default=None, metadata={"help": "Truncate conversations to this many tokens. Default: the model's context."})
-    report_to: None | str | list[str] = dataclasses.field(
-        default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
     learning_rate: float = 3e-4
     num_train_epochs: float = 3.0
     lr_scheduler_type: str = "cosine"
@@ -95,22 +80,16 @@ class SFTStageConfig(RunArguments, trl.SFTConfig):
     eval_steps: float | None = 200
     eval_on_start: bool = True
     save_steps: float = 200
-    save_total_limit: int | None = 2
     logging_steps: float = 10
-    seed: int = 0
 
     def __post_init__(self):
-        if self.output_dir not in (None, OUTPUT_DIR):
-            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
-                             f"(<runs_root>/<recipe>/{STAGE}/checkpoints); choose --runs_root and --recipe instead")
-        self.output_dir = OUTPUT_DIR
+        self.apply_trainer_defaults(STAGE)
         if self.packing or self.padding_free:
             raise ValueError("keys 'packing' and 'padding_free' are not supported: the GPT would attend "
                              "across the packed conversations")
         for key in ("eval_num_prompts", "eval_max_new_tokens", "lora_r", "lora_alpha"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
-        resolve_trainer_precision(self)
         super().__post_init__()
 
 
