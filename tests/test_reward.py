@@ -79,14 +79,13 @@ def events(tb_dir):
     return accumulator.Tags()
 
 
-def test_smoke_reward_run(smoke_sft, smoke_runs):
+def test_smoke_reward_run(smoke_sft, smoke_reward):
     import base_model  # noqa: F401
     from transformers import AutoModelForSequenceClassification
 
     from recipes.rundir import weights_hash
 
-    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(smoke_runs)]) == 0
-    run = smoke_runs / "smoke" / "reward"
+    run = smoke_reward  # made through the CLI by the session fixture, shared with the alignment tests
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["stage"] == "reward"
     assert manifest["parent"]["stage"] == "sft"
