@@ -26,16 +26,15 @@ import time
 from trl.trainer.base_config import _BaseConfig
 
 from alignment.common import AlignArguments
-from recipes.config import RunArguments, parse_config, resolve_trainer_precision
+from recipes.config import RunArguments, TrainerDefaults, parse_config
 from recipes.errors import UserError
 
 METHOD = "ppo"
-OUTPUT_DIR = "<run>/checkpoints"  # what output_dir always is: the run directory's checkpoints/
 KL_ESTIMATORS = ("k1", "k3")
 
 
 @dataclasses.dataclass
-class PPOConfig(_BaseConfig):
+class PPOConfig(TrainerDefaults, _BaseConfig):
     """TRL's old PPOConfig keys (trl <= 1.12) on TRL 1.16's TrainingArguments base, CPU-first defaults."""
 
     num_ppo_epochs: int = dataclasses.field(default=4, metadata={"help": "Epochs over each rollout batch."})
@@ -66,15 +65,6 @@ class PPOConfig(_BaseConfig):
         default=64, metadata={"help": "Batch size of generation and of the no-grad forward passes."})
 
     # TrainingArguments keys whose defaults change here.
-    output_dir: str | None = dataclasses.field(
-        default=OUTPUT_DIR,
-        metadata={"help": "Fixed: the run directory's checkpoints/. Choose --runs_root and --recipe instead."})
-    bf16: bool | None = dataclasses.field(
-        default=None, metadata={"help": "bf16 mixed precision. Default: on where a CUDA GPU supports it, else off."})
-    activation_checkpointing: bool | None = dataclasses.field(
-        default=None, metadata={"help": "Not supported by the PPO loop: must stay off."})
-    gradient_checkpointing: bool | None = dataclasses.field(
-        default=None, metadata={"help": "Deprecated alias of activation_checkpointing; must stay off."})
     report_to: None | str | list[str] = dataclasses.field(
         default="none", metadata={"help": "Extra trackers for the trainer's logs; the run's tb/ gets the ppo/ "
                                   "and gold_eval/ events either way."})
@@ -95,11 +85,9 @@ class PPOStageConfig(RunArguments, AlignArguments, PPOConfig):
     eval_every: int = dataclasses.field(default=10, metadata={"help": "Evaluate every this many rollouts."})
 
     def __post_init__(self):
-        if self.output_dir not in (None, OUTPUT_DIR):
-            raise ValueError(f"key 'output_dir' is fixed to the run directory's checkpoints/ "
-                             f"(<runs_root>/<recipe>/align-{METHOD}/checkpoints); choose --runs_root and --recipe "
-                             "instead")
-        self.output_dir = OUTPUT_DIR
+        if self.activation_checkpointing or self.gradient_checkpointing:
+            raise ValueError("key 'activation_checkpointing' is not supported by the PPO loop")
+        self.apply_trainer_defaults(f"align-{METHOD}")
         for key in ("num_ppo_epochs", "num_mini_batches", "response_length", "local_rollout_forward_batch_size",
                     "per_device_train_batch_size", "gradient_accumulation_steps"):
             if getattr(self, key) <= 0:
@@ -115,12 +103,9 @@ class PPOStageConfig(RunArguments, AlignArguments, PPOConfig):
             raise ValueError("keys 'target_kl' and 'kl_horizon' must be positive with adaptive_kl")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ValueError("keys 'gamma' and 'lam' must lie in [0, 1]")
-        if self.activation_checkpointing or self.gradient_checkpointing:
-            raise ValueError("key 'activation_checkpointing' is not supported by the PPO loop")
         if self.eval_every < 0:
             raise ValueError(f"key 'eval_every' must not be negative, got {self.eval_every}")
         self.check_alignment_keys()
-        resolve_trainer_precision(self)
         super().__post_init__()
 
     @property
