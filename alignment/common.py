@@ -78,22 +78,16 @@ def _model_dir(path: str, key: str) -> Path:
 
 def resolve_parents(config, *, needs_reward: bool) -> Parents:
     """The SFT (and reward) model directories, from the keys or from the recipe's finished runs."""
-    root, recipe = config.resolved_runs_root(), config.recipe
-    suffix = "" if config.runs_root is None else f" --runs_root {config.runs_root}"
-
-    def parent(stage: str) -> RunDir:
-        return require_parent(root, recipe, stage, f"rlhf-lab {stage} --config recipes/{recipe}/{stage}.yaml{suffix}")
-
     if config.sft_model_name_or_path:
         parents = Parents(_model_dir(config.sft_model_name_or_path, "sft_model_name_or_path"), None)
     else:
-        sft = parent("sft")
+        sft = require_parent(config, "sft")
         parents = Parents(sft.model_dir, sft)
     if needs_reward:
         if config.reward_model_name_or_path:
             parents.reward_dir = _model_dir(config.reward_model_name_or_path, "reward_model_name_or_path")
         else:
-            parents.reward_run = parent("reward")
+            parents.reward_run = require_parent(config, "reward")
             parents.reward_dir = parents.reward_run.model_dir
     return parents
 

@@ -177,9 +177,12 @@ class RunDir:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
-def require_parent(runs_root: Path | str, recipe: str, stage: str, command: str) -> RunDir:
-    """The finished run of an earlier stage, or one line saying which stage to run first and how."""
-    parent = RunDir(runs_root, recipe, stage)
+def require_parent(config: Any, stage: str) -> RunDir:
+    """The recipe's finished run of an earlier stage, or one line saying which stage to run first and how."""
+    parent = RunDir.for_config(config, stage)
     if not parent.is_finished():
+        command = f"rlhf-lab {stage} --config recipes/{config.recipe}/{stage}.yaml"
+        if config.runs_root is not None:
+            command += f" --runs_root {config.runs_root}"
         raise UserError(f"{parent.path} has no finished {stage} run: run `{command}` first")
     return parent

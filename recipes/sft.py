@@ -104,9 +104,7 @@ def resolve_model_path(config: SFTStageConfig) -> tuple[Path | str, RunDir | Non
         if not path.exists() and (path.is_absolute() or str(path).startswith(".") or path.suffix):
             raise UserError(f"key 'model_name_or_path': {path} does not exist")
         return (path if path.exists() else config.model_name_or_path), None
-    parent = require_parent(config.resolved_runs_root(), config.recipe, PARENT,
-                            f"rlhf-lab {PARENT} --config recipes/{config.recipe}/{PARENT}.yaml"
-                            + ("" if config.runs_root is None else f" --runs_root {config.runs_root}"))
+    parent = require_parent(config, PARENT)
     return parent.model_dir, parent
 
 

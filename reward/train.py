@@ -171,8 +171,7 @@ def resolve_parent(config: RewardStageConfig) -> tuple[Path, RunDir | None]:
         if not (path / "config.json").is_file():
             raise UserError(f"key 'model_name_or_path': {path} is not a saved model directory (no config.json)")
         return path, None
-    parent = require_parent(config.resolved_runs_root(), config.recipe, PARENT,
-                            f"rlhf-lab {PARENT} --config recipes/{config.recipe}/{PARENT}.yaml")
+    parent = require_parent(config, PARENT)
     return parent.model_dir, parent
 
 
