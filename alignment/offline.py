@@ -179,8 +179,4 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         values = logged(trainer, key)
         if values:
             metrics[name] = values[-1]
-    metrics = finish_run(run_dir, trainer.model, tokenizer, metrics, started)
-    print(f"wrote {run_dir.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
-          f"{metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]  "
-          f"win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
-    return metrics
+    return finish_run(run_dir, trainer.model, tokenizer, metrics, started)

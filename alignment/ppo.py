@@ -187,11 +187,7 @@ def main(config: PPOStageConfig) -> dict:
     }
     if not trainer.is_world_process_zero():
         return metrics
-    metrics = finish_run(run, trainer.policy, tokenizer, metrics, started)  # the policy only, merged if LoRA
-    print(f"wrote {run.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
-          f"{metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]"
-          f"  win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
-    return metrics
+    return finish_run(run, trainer.policy, tokenizer, metrics, started)  # the policy only, merged if LoRA
 
 
 def cli(argv: list[str]) -> int:
