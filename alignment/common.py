@@ -13,6 +13,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from recipes.config import LoraArguments
 from recipes.errors import UserError
 from recipes.rundir import RunDir, require_parent, weights_hash
 
@@ -20,7 +21,7 @@ METHODS = ("dpo", "kto", "grpo", "rloo", "ppo", "best-of-n")
 
 
 @dataclasses.dataclass
-class AlignArguments:
+class AlignArguments(LoraArguments):
     # Parents (default: the recipe's own runs).
     sft_model_name_or_path: str | None = dataclasses.field(
         default=None, metadata={"help": "The SFT model: policy initialisation and reference. "
@@ -36,12 +37,6 @@ class AlignArguments:
     dataset_config: str | None = None
     dataset_train_split: str = "train"
     dataset_format: str = dataclasses.field(default="auto", metadata={"help": "As in recipes.data."})
-    # LoRA (names as in TRL's ModelConfig).
-    use_peft: bool = dataclasses.field(default=False, metadata={"help": "Train LoRA adapters; model/ is merged."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = None
     # The one evaluation (alignment/evaluate.py), the same for every method.
     eval_prompts: str = dataclasses.field(
         default="world:eval?size=smoke", metadata={"help": "Held-out prompts every method is evaluated on."})

@@ -101,6 +101,22 @@ def resolve_trainer_precision(config) -> None:
         config.use_cpu = True
 
 
+@dataclasses.dataclass
+class LoraArguments:
+    """LoRA keys (names as in TRL's ModelConfig), for every stage that trains weights through a trainer.
+
+    With `use_peft` the stage trains adapters and saves the merged model, so model/ loads like any other.
+    """
+
+    use_peft: bool = dataclasses.field(
+        default=False, metadata={"help": "Train LoRA adapters instead of every weight; model/ holds the merged model."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "Module names to adapt. Default: the stage's choice (see its docs)."})
+
+
 # Keys that say how to run, not what to run: left out of the saved config.yaml.
 INVOCATION_KEYS = ("runs_root", "resume", "overwrite")
 

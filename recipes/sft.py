@@ -20,7 +20,7 @@ from pathlib import Path
 
 import trl
 
-from recipes.config import RunArguments, TrainerDefaults, parse_config
+from recipes.config import LoraArguments, RunArguments, TrainerDefaults, parse_config
 from recipes.errors import UserError
 from recipes.rundir import RunDir, require_parent, weights_hash
 
@@ -29,7 +29,7 @@ PARENT = "pretrain"
 
 
 @dataclasses.dataclass
-class SFTStageConfig(RunArguments, TrainerDefaults, trl.SFTConfig):
+class SFTStageConfig(RunArguments, LoraArguments, TrainerDefaults, trl.SFTConfig):
     """trl.SFTConfig (every key of it) plus the model, data, LoRA and gold-evaluation keys it lacks."""
 
     # Model (names as in TRL's ModelConfig).
@@ -49,14 +49,6 @@ class SFTStageConfig(RunArguments, TrainerDefaults, trl.SFTConfig):
         metadata={"help": "Split for the evaluation loss; null holds out the last twentieth of the training rows."})
     dataset_format: str = dataclasses.field(
         default="auto", metadata={"help": "messages, alpaca or sharegpt; auto detects it from the first row."})
-    # LoRA (names as in TRL's ModelConfig).
-    use_peft: bool = dataclasses.field(
-        default=False, metadata={"help": "Train LoRA adapters instead of every weight; model/ holds the merged model."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = dataclasses.field(
-        default=None, metadata={"help": "Module names to adapt. Default: every linear layer but the output head."})
     # Gold evaluation.
     eval_prompts: str | None = dataclasses.field(
         default="world:eval?size=smoke",
@@ -217,7 +209,6 @@ def logged(trainer, key: str) -> list[float]:
 
 def main(config: SFTStageConfig) -> dict:
     from accelerate import PartialState
-    from transformers.trainer_utils import get_last_checkpoint
 
     from recipes.sft_callbacks import GoldEvalCallback
     from recipes.tracking import route_trainer_events
@@ -255,11 +246,7 @@ def main(config: SFTStageConfig) -> dict:
                             batch_size=config.per_device_eval_batch_size)
     trainer = build_trainer(config, model, tokenizer, train, test, output_dir=run.checkpoints_dir, callbacks=[gold])
     gold.attach(trainer)
-    checkpoint = get_last_checkpoint(str(run.checkpoints_dir)) if config.resume and run.checkpoints_dir.is_dir() \
-        else None
-    if config.resume and checkpoint is None:
-        print(f"no checkpoint in {run.checkpoints_dir}; starting from step 0")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result = trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
 
     final = trainer.model
     if config.use_peft:

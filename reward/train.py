@@ -18,7 +18,7 @@ from pathlib import Path
 import trl
 from transformers import TrainerCallback
 
-from recipes.config import RunArguments, parse_config, resolve_trainer_precision
+from recipes.config import LoraArguments, RunArguments, parse_config, resolve_trainer_precision
 from recipes.errors import UserError
 from recipes.rundir import RunDir, require_parent
 
@@ -27,16 +27,10 @@ PARENT = "sft"
 
 
 @dataclasses.dataclass
-class RewardStageConfig(RunArguments, trl.RewardConfig):
+class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
     # Model (names as in TRL's ModelConfig).
     model_name_or_path: str | None = dataclasses.field(
         default=None, metadata={"help": "The SFT model to start from. Default: <runs_root>/<recipe>/sft/model."})
-    use_peft: bool = dataclasses.field(default=False, metadata={"help": "Train LoRA adapters (and the score head)."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = dataclasses.field(
-        default=None, metadata={"help": "Modules to adapt; default the attention projections."})
     # Data (names as in TRL's ScriptArguments).
     dataset_name: str = dataclasses.field(
         default="world:preferences?size=smoke",
@@ -229,7 +223,6 @@ class GoldEvalCallback(TrainerCallback):
 
 def main(config: RewardStageConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
-    from transformers.trainer_utils import get_last_checkpoint
 
     from recipes.tracking import route_trainer_events
     from reward.evaluate import evaluate_reward_model, sample_answers
@@ -271,11 +264,7 @@ def main(config: RewardStageConfig) -> dict:
         eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
         processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback])
 
-    resume_from = None
-    if config.resume and run.checkpoints_dir.is_dir():
-        resume_from = get_last_checkpoint(str(run.checkpoints_dir))
-        print(f"resuming from {resume_from}" if resume_from else f"no checkpoint in {run.checkpoints_dir}; starting over")
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    result = trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
     eval_result = trainer.evaluate()  # the callback runs the gold checks on the final model too
     writer.close()
 
