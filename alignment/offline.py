@@ -105,7 +105,6 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
 
     `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
     """
-    from transformers.trainer_utils import get_last_checkpoint
 
     from alignment.common import (
         build_evaluator,
@@ -157,13 +156,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir)
     callback.attach(trainer)
 
-    checkpoint = None
-    if config.resume:
-        if run_dir.checkpoints_dir.is_dir():
-            checkpoint = get_last_checkpoint(str(run_dir.checkpoints_dir))
-        if checkpoint is None:
-            print(f"no checkpoint in {run_dir.checkpoints_dir}; starting from step 0")
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result = trainer.train(resume_from_checkpoint=run_dir.resume_checkpoint(config.resume))
 
     train_losses = logged(trainer, "loss")
     metrics = {

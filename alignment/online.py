@@ -172,7 +172,6 @@ def train_metrics(trainer, reward_name: str) -> dict:
 def run_online(config, method: str, trainer_class) -> dict:
     """`main` of an online method: SFT policy + reward -> trainer_class -> evaluated, saved run."""
     from accelerate import PartialState
-    from transformers.trainer_utils import get_last_checkpoint
 
     import base_model
     from alignment.common import (
@@ -219,11 +218,7 @@ def run_online(config, method: str, trainer_class) -> dict:
         raise UserError(where + str(err).splitlines()[0]) from None
     evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir).attach(trainer)
 
-    checkpoint = get_last_checkpoint(str(run.checkpoints_dir)) if config.resume and run.checkpoints_dir.is_dir() \
-        else None
-    if config.resume and checkpoint is None:
-        print(f"no checkpoint in {run.checkpoints_dir}; starting from step 0")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
 
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics = {

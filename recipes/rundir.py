@@ -152,6 +152,20 @@ class RunDir:
             raise UserError(f"{self.config_path}: --resume needs the same config as the interrupted run; "
                             f"these keys differ: {', '.join(changed)}")
 
+    def resume_checkpoint(self, resume: bool) -> str | None:
+        """With --resume, the newest complete trainer checkpoint (checkpoint-N whose trainer_state.json,
+        written last, exists), so a run killed while saving resumes from the one before; else None."""
+        if not resume:
+            return None
+        done = [p for p in self.checkpoints_dir.glob("checkpoint-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+        if not done:
+            print(f"no complete checkpoint in {self.checkpoints_dir}; starting from step 0")
+            return None
+        latest = max(done, key=lambda p: int(p.name.split("-")[-1]))
+        print(f"resuming from {latest}")
+        return str(latest)
+
     def save_model(self, model, tokenizer) -> None:
         """`save_pretrained` model and tokenizer into model/, written aside and renamed into place."""
         tmp = self.path / ".model.tmp"
