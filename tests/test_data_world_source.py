@@ -65,3 +65,20 @@ def test_world_fingerprint_depends_on_kind_size_and_seed():
     assert base == fingerprint("world:sft?seed=0&size=smoke")
     assert len({base, fingerprint("world:sft?size=smoke&seed=1"), fingerprint("world:sft"),
                 fingerprint("world:preferences?size=smoke&seed=0")}) == 4
+
+
+def test_a_changed_size_never_reuses_a_stale_cache(cache, monkeypatch):
+    import dataclasses
+
+    from recipes.world import SIZES
+
+    before = world_dir(WorldSource("preferences", "smoke", 0))
+    sft_before, sft_fingerprint = world_dir(WorldSource("sft", "smoke", 0)), fingerprint("world:sft?size=smoke")
+    pairs_fingerprint = fingerprint("world:preferences?size=smoke")
+    monkeypatch.setitem(SIZES, "smoke", dataclasses.replace(SIZES["smoke"], preference_pairs=120))
+    after = world_dir(WorldSource("preferences", "smoke", 0))
+    assert after != before and fingerprint("world:preferences?size=smoke") != pairs_fingerprint
+    assert len(load_preferences("world:preferences?size=smoke")) == 120
+    # kinds that do not depend on the changed size keep their cache and fingerprint
+    assert world_dir(WorldSource("sft", "smoke", 0)) == sft_before
+    assert fingerprint("world:sft?size=smoke") == sft_fingerprint

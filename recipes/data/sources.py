@@ -58,13 +58,15 @@ def _read_hub(name: str, split: str, config) -> Rows:
 
 def fingerprint(source, *, split=None, config=None) -> str:
     """A short stable hash of the data: file contents for local data, the name, config and split
-    for a hub dataset, kind/size/seed and generator version for the world."""
-    from ..world import GENERATOR_VERSION
+    for a hub dataset, kind/size/seed, generator version and
+    the sizes behind that kind for the world."""
+    from ..world import GENERATOR_VERSION, SIZES, size_key
 
     source = str(source)
     digest = hashlib.sha256()
     if source.startswith(WORLD_PREFIX):
-        digest.update(f"world/{parse_world_source(source)}/v{GENERATOR_VERSION}".encode())
+        world = parse_world_source(source)
+        digest.update(f"world/{world}/v{GENERATOR_VERSION}/{size_key(SIZES[world.size], world.kind)}".encode())
     elif not source.startswith(HUB_PREFIX) and Path(source).expanduser().exists():
         path = Path(source).expanduser()
         files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSIONS)

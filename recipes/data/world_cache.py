@@ -1,7 +1,8 @@
 """World sources: `world:<kind>?size=<size>&seed=<seed>`, generated on first use and cached.
 
 The cache lives in `$RLHF_LAB_CACHE` (default `~/.cache/rlhf-lab`) under
-`world/v<generator version>/<size>-seed<seed>/<kind>/`. A kind is generated into a temporary
+`world/v<generator version>/<size>-<size key>-seed<seed>/<kind>/`
+(the size key hashes the sizes the kind depends on, so changing a size never reuses a stale cache). A kind is generated into a temporary
 directory beside its final place and renamed into it, so a second process either sees no
 directory or a complete one; if two processes race, the loser discards its copy.
 """
@@ -63,9 +64,10 @@ def cache_root() -> Path:
 
 def world_dir(world: WorldSource) -> Path:
     """The directory holding `world`'s kind, generating it first if it is not cached yet."""
-    from ..world import GENERATOR_VERSION, generate
+    from ..world import GENERATOR_VERSION, SIZES, generate, size_key
 
-    final = cache_root() / "world" / f"v{GENERATOR_VERSION}" / f"{world.size}-seed{world.seed}" / world.kind
+    key = size_key(SIZES[world.size], world.kind)
+    final = cache_root() / "world" / f"v{GENERATOR_VERSION}" / f"{world.size}-{key}-seed{world.seed}" / world.kind
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

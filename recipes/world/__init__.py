@@ -14,7 +14,7 @@ See gold.py for the reward's terms and end-of-turn rule, generate.py for the fil
 
 from .generate import GENERATOR_VERSION, KINDS, generate
 from .gold import GoldScore, family_of, gold_reward, gold_reward_func, make_gold_reward_func
-from .sizes import SIZES
+from .sizes import SIZES, size_key
 
 __all__ = ["GENERATOR_VERSION", "KINDS", "SIZES", "GoldScore", "family_of", "generate", "gold_reward",
-           "gold_reward_func", "make_gold_reward_func"]
+           "gold_reward_func", "make_gold_reward_func", "size_key"]
