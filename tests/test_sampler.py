@@ -1,0 +1,182 @@
+"""The fast sampler against transformers' `generate`: same greedy tokens, same sampled distribution."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from base_model import GPTConfig, GPTForCausalLM, train_tokenizer
+from base_model.sampler import fast_path_ok, sample
+from recipes.generation import generate_answers
+
+V, PAD, EOS = 300, 0, 5
+
+
+def tiny_lm(seed=0, sharpness=30.0, **kw):
+    """A random GPT whose blocks matter (greedy text is not one repeated token) and whose logits are
+    sharp enough (`sharpness` scales the final norm) that argmax decisions are not near-ties."""
+    torch.manual_seed(seed)
+    base = dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=128, pad_token_id=PAD, bos_token_id=1, eos_token_id=EOS)
+    model = GPTForCausalLM(GPTConfig(**{**base, **kw})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)  # norm weights away from 1, so folding them into matmuls is checked
+            if any(key in name for key in ("o_proj", "up_proj", "down_proj")):
+                p.mul_(10)  # a fresh init barely moves the residual stream: the tied head then repeats the input
+        model.model.norm.weight.mul_(sharpness)
+    return model
+
+
+def left_padded(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), PAD)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = torch.randint(6, V, (n,), generator=g)
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("kv_heads", [2, 4])
+def test_greedy_tokens_equal_generate_on_left_padded_batches(kv_heads):
+    model = tiny_lm(num_key_value_heads=kv_heads)
+    ids, mask = left_padded([3, 9, 1, 6])
+    ours = sample(model, ids, mask, max_new_tokens=24, eos_token_id=None, pad_token_id=PAD)
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                         eos_token_id=None, pad_token_id=PAD)
+    assert ours.tolist() == ref.tolist()
+    one = sample(model, ids[:1, -3:], None, max_new_tokens=24, pad_token_id=PAD)  # no padding, no mask
+    assert one[0, 3:].tolist() == ours[0, 9:].tolist()  # left padding changes nothing for the row
+
+
+def test_greedy_stops_at_eos_like_generate():
+    model = tiny_lm()
+    ids, mask = left_padded([4, 7, 2, 5, 3, 6], seed=3)
+    greedy = dict(input_ids=ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=PAD)
+    free = model.generate(**greedy, eos_token_id=None)[:, ids.shape[1]:]
+    # The end token: one that some rows produce and others never do, so both cases occur.
+    rows_with = [(free == t).any(-1).sum().item() for t in range(V)]
+    eos = max(range(V), key=lambda t: rows_with[t] if rows_with[t] < len(free) else -1)
+    assert 0 < rows_with[eos] < len(free)
+    ref = model.generate(**greedy, eos_token_id=eos)
+    ours = sample(model, ids, mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=PAD)
+    assert ours.tolist() == ref.tolist()  # same tokens, pads after each end, same length
+    new = ours[:, ids.shape[1]:]
+    for row, ended in zip(new.tolist(), (free == eos).any(-1).tolist()):
+        if ended:
+            assert set(row[row.index(eos) + 1:]) <= {PAD}
+    assert sample(model, ids, mask, max_new_tokens=30, eos_token_id=[eos, 7], pad_token_id=PAD).shape[0] == len(ids)
+
+
+def first_token_counts(generate, n, **sampling):
+    """Counts of the first sampled token over n draws of one prompt (in one batch, rows independent)."""
+    ids = torch.tensor([[7, 8, 9, 10]]).repeat(n, 1)
+    out = generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=True,
+                   eos_token_id=None, pad_token_id=PAD, **sampling)
+    return torch.bincount(out[:, -1], minlength=V).double()
+
+
+SAMPLING = [dict(temperature=1.0, top_k=0, top_p=1.0), dict(temperature=0.7, top_k=20, top_p=1.0),
+            dict(temperature=1.3, top_k=0, top_p=0.8)]
+
+
+@pytest.mark.parametrize("sampling", SAMPLING)
+def test_sampled_distribution_matches_generate_and_the_model(sampling):
+    model = tiny_lm(sharpness=3.0)  # spread-out next-token distribution: many tokens with real mass
+    n = 4000
+    torch.manual_seed(11)
+    ours = first_token_counts(lambda **kw: sample(model, **kw), n, **sampling)
+    torch.manual_seed(12)
+    ref = first_token_counts(model.generate, n, **sampling)
+    tv = 0.5 * (ours / n - ref / n).abs().sum().item()
+    # Two independent samples of 4000 from the same distribution over <=300 tokens: TV is ~0.1 at
+    # most here; a wrong temperature or a cut-off in the wrong place moves it far beyond 0.15.
+    assert tv < 0.15, tv
+    # Exact support: top-k keeps k tokens, top-p keeps the smallest set reaching p.
+    with torch.no_grad():
+        logits = model(torch.tensor([[7, 8, 9, 10]])).logits[0, -1].double() / sampling["temperature"]
+    probs = logits.softmax(-1)
+    allowed = torch.ones(V, dtype=torch.bool)
+    if sampling["top_k"]:
+        allowed &= logits >= logits.topk(sampling["top_k"]).values[-1]
+    if sampling["top_p"] < 1:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < sampling["top_p"]  # tokens before reaching p, plus the one crossing it
+        allowed &= torch.zeros(V, dtype=torch.bool).scatter(0, order, keep)
+    assert ours[~allowed].sum() == 0 and ref[~allowed].sum() == 0
+    if not allowed.all():
+        assert allowed.sum() < V  # the restriction is real
+    # Goodness of fit against the model's own restricted distribution: Pearson's chi-square (bins
+    # expecting < 5 draws pooled) within 5 standard deviations of its mean, for both samplers.
+    expected = torch.where(allowed, probs, 0.0)
+    expected = expected / expected.sum() * n
+    for counts in (ours, ref):
+        big = expected >= 5
+        obs = torch.cat([counts[big], counts[~big].sum()[None]])
+        exp = torch.cat([expected[big], expected[~big].sum()[None]])
+        obs, exp = obs[exp > 0], exp[exp > 0]
+        chi2, df = ((obs - exp) ** 2 / exp).sum().item(), len(exp) - 1
+        assert chi2 < df + 5 * (2 * df) ** 0.5, (chi2, df)
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_the_rng_alone():
+    model = tiny_lm(sharpness=3.0)
+    ids, mask = left_padded([5, 2, 8])
+    torch.manual_seed(0)
+    a = sample(model, ids, mask, max_new_tokens=12, do_sample=True, temperature=1.0)
+    torch.manual_seed(0)
+    b = sample(model, ids, mask, max_new_tokens=12, do_sample=True, temperature=1.0)
+    assert a.tolist() == b.tolist()
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    return train_tokenizer(["the cat sat on the mat in the garden. 12 + 7 = 19. hello, thanks!"] * 40, V)
+
+
+def test_generate_answers_fast_path_equals_generate(chat_tokenizer):
+    """generate_answers through the sampler gives the Answers that the generate path gave."""
+    tok = chat_tokenizer
+    prompts = ["hello", "what is 12 + 7?", [{"role": "user", "content": "the cat"}], "thanks!", "mat", "12", "cat"]
+    for boost in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0):  # make the end of turn likely enough that some answers end
+        model = tiny_lm()
+        with torch.no_grad():
+            model.lm_head.weight[tok.eos_token_id] *= boost
+        fast = generate_answers(model, tok, prompts, max_new_tokens=16, batch_size=3)
+        if any(a.ended for a in fast) and not all(a.ended for a in fast):
+            break
+    assert fast_path_ok(model)
+
+    class Plain(torch.nn.Module):  # the same model seen as a foreign one: generate_answers falls back to generate
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.generate = inner.generate
+            self.device = inner.device
+
+    plain = Plain(model)
+    assert not fast_path_ok(plain)
+    ref = generate_answers(plain, tok, prompts, max_new_tokens=16, batch_size=3)
+    assert fast == ref
+    assert any(a.ended for a in fast) and not all(a.ended for a in fast)
+    for a in fast:
+        assert a.num_tokens == len(a.token_ids) and (a.token_ids[-1] == tok.eos_token_id) == a.ended
+        assert a.ended or a.num_tokens == 16
+    state = torch.random.get_rng_state()
+    again = generate_answers(model, tok, prompts, max_new_tokens=16, do_sample=True, top_k=0, seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is untouched
+    assert again == generate_answers(model, tok, prompts, max_new_tokens=16, do_sample=True, top_k=0, seed=3)
+
+
+def test_peft_wrapped_model_is_not_taken_by_the_fast_path():
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_lm()
+    assert fast_path_ok(model)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert not fast_path_ok(peft_model) and not fast_path_ok(peft_model.base_model.model)  # LoRA layers inside
