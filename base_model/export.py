@@ -59,10 +59,21 @@ def llama_config(config):
     )
 
 
+def to_llama(model):
+    """A `LlamaForCausalLM` holding a copy of our GPTForCausalLM's weights (same logits)."""
+    from transformers import LlamaForCausalLM
+
+    llama = LlamaForCausalLM(llama_config(model.config)).to(dtype=model.dtype, device=model.device)
+    # Same module names, so the state dict copies as is (lm_head is tied to embed_tokens in both).
+    llama.load_state_dict(model.state_dict(), strict=True)
+    assert llama.lm_head.weight is llama.model.embed_tokens.weight
+    return llama
+
+
 def export_llama(model_dir, out_dir) -> Path:
     """Write `LlamaForCausalLM` weights, tokenizer and generation config for our model into out_dir."""
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig
 
     from .hf import GPTForCausalLM
 
@@ -73,11 +84,8 @@ def export_llama(model_dir, out_dir) -> Path:
         raise UserError(f"{src}: no tokenizer_config.json; expected the tokenizer saved next to the model")
 
     ours = GPTForCausalLM.from_pretrained(src, dtype=torch.float32)
-    config = llama_config(ours.config)
-    llama = LlamaForCausalLM(config)
-    # Same module names, so the state dict copies as is (lm_head is tied to embed_tokens in both).
-    llama.load_state_dict(ours.state_dict(), strict=True)
-    assert llama.lm_head.weight is llama.model.embed_tokens.weight
+    llama = to_llama(ours)
+    config = llama.config
     llama.generation_config = GenerationConfig(**ours.generation_config.to_diff_dict())  # keeps sampling defaults
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         if getattr(llama.generation_config, key, None) is None:

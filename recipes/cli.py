@@ -22,6 +22,7 @@ COMMANDS = {
     "reward": ("reward.train", "train a reward model on preference pairs and check it against the gold reward"),
     "align": ("alignment.cli", "align the SFT model: --method dpo, kto, grpo, rloo, ppo or best-of-n"),
     "export": ("base_model.export", "convert a trained model into transformers' LlamaForCausalLM"),
+    "bench": ("base_model.bench", "training and generation speed against transformers' Llama, as ratios"),
 }
 
 USAGE = "usage: rlhf-lab <command> [--config FILE] [--key value ...]"

@@ -1,0 +1,277 @@
+"""`rlhf-lab bench`: our GPT against transformers' LlamaForCausalLM on the same weights, in one process.
+
+    rlhf-lab bench                       # ~1M and ~10M parameters, writes bench.json
+    rlhf-lab bench --quick               # a tiny model, seconds (what the tests run)
+
+Everything is measured in the same run, on the same machine at the same moment, and reported as
+ratios, because absolute CPU timings move with every other process on the machine:
+
+- training: one step = forward + backward + AdamW step on a (batch x seq_len) batch of tokens, in
+  fp32 and under bf16 autocast; the two models' repetitions are interleaved (ours, llama, llama,
+  ours, ...) so a change of load hits both; tokens/s is the median over repetitions;
+- MFU: that step's model FLOPs (base_model/flops.py) per second over the square-matmul peak
+  measured in this run, in the same dtype;
+- generation: greedy, `new_tokens` per row at each batch size from left-padded prompts: the lab's
+  sampler (base_model/sampler.py) against transformers' `generate` on the Llama copy; the tokens
+  must be identical (the command fails after writing the JSON if they are not);
+- memory: the peak of tensor memory PyTorch allocates during one step or one generation, above what
+  was live before it (from torch.profiler's memory events). Weights and optimizer state that already
+  exist are not counted; activations, gradients, KV caches and temporaries are.
+
+The models are random-initialised with their blocks scaled up and the final norm sharpened, so that
+greedy text is not one repeated token and argmax decisions are not near-ties between the two
+implementations' rounding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from recipes.errors import UserError
+
+SIZES = {  # the name is the rough parameter count; the exact one is in the JSON
+    "tiny": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "1M": dict(vocab_size=1024, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
+    "10M": dict(vocab_size=1024, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2),
+}
+QUICK = dict(sizes="tiny", batch=4, seq_len=32, reps=2, gen_batches="1,4", new_tokens=16, peak_size=256)
+
+
+def build_pair(size: str, seed: int = 0):
+    """(ours, llama): our GPTForCausalLM and its LlamaForCausalLM export, same weights, in train mode."""
+    import torch
+
+    from .export import to_llama
+    from .hf import GPTConfig, GPTForCausalLM
+
+    torch.manual_seed(seed)
+    config = GPTConfig(**SIZES[size], max_position_embeddings=1024, pad_token_id=0, eos_token_id=None)
+    ours = GPTForCausalLM(config)
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            if any(key in name for key in ("o_proj", "up_proj", "down_proj")):
+                p.mul_(10)  # a fresh init barely moves the residual stream; the tied head would repeat the input
+        ours.model.norm.weight.mul_(10)
+    return ours, to_llama(ours)
+
+
+def peak_bytes(fn) -> int:
+    """Peak of tensor bytes PyTorch allocates while fn() runs, above what was live before (profiler events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def _median_rates(steps: dict, tokens: int, reps: int) -> dict:
+    """Interleave the timed callables (order reversed every repetition); median tokens/s of each."""
+    times = {name: [] for name in steps}
+    names = list(steps)
+    for rep in range(reps):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: tokens / statistics.median(t) for name, t in times.items()}
+
+
+def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int, peak: float) -> dict:
+    import contextlib
+
+    import torch
+
+    from .flops import flops_per_token
+
+    ours, llama = build_pair(size)
+    cfg = ours.config
+    x = torch.randint(1, cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(1))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+
+    def trainer(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            with autocast():
+                loss = model(input_ids=x, labels=x, use_cache=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss.item()
+
+        return step
+
+    with torch.no_grad(), autocast():  # same weights, so the same loss before any step
+        loss_diff = abs(ours(input_ids=x, labels=x).loss.item() - llama(input_ids=x, labels=x).loss.item())
+    steps = {"ours": trainer(ours), "llama": trainer(llama)}
+    for step in steps.values():  # warm up: allocator, kernels, optimizer state
+        step(), step()
+    rates = _median_rates(steps, batch * seq_len, reps)
+    n_params = sum(p.numel() for p in ours.parameters())
+    flops = flops_per_token(n_params, cfg.num_hidden_layers, cfg.hidden_size, seq_len)
+    return {
+        "size": size, "params": n_params, "dtype": dtype, "batch": batch, "seq_len": seq_len,
+        "ours_tokens_per_s": rates["ours"], "llama_tokens_per_s": rates["llama"],
+        "ratio": rates["ours"] / rates["llama"],
+        "ours_mfu": rates["ours"] * flops / peak, "llama_mfu": rates["llama"] * flops / peak,
+        "ours_peak_bytes": peak_bytes(steps["ours"]), "llama_peak_bytes": peak_bytes(steps["llama"]),
+        "initial_loss_diff": loss_diff,
+    }
+
+
+def bench_generation(size: str, batch: int, new_tokens: int, reps: int) -> dict:
+    import torch
+
+    from .sampler import sample
+
+    ours, llama = build_pair(size)
+    ours.eval(), llama.eval()
+    g = torch.Generator().manual_seed(2)
+    lengths = [16 - (row * 7) % 9 for row in range(batch)]  # 8..16 tokens, left-padded to 16
+    ids = torch.zeros(batch, 16, dtype=torch.long)
+    mask = torch.zeros(batch, 16, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, 16 - n:] = torch.randint(1, ours.config.vocab_size, (n,), generator=g)
+        mask[row, 16 - n:] = 1
+    greedy = dict(max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
+    outputs = {}
+
+    def run(name, fn):
+        def call():
+            outputs[name] = fn()
+        return call
+
+    with torch.no_grad():
+        steps = {"ours": run("ours", lambda: sample(ours, ids, mask, **greedy)),
+                 "generate": run("generate", lambda: llama.generate(input_ids=ids, attention_mask=mask,
+                                                                    do_sample=False, **greedy))}
+        for step in steps.values():
+            step()
+        rates = _median_rates(steps, batch * new_tokens, reps)
+        result = {
+            "size": size, "batch": batch, "new_tokens": new_tokens,
+            "ours_tokens_per_s": rates["ours"], "generate_tokens_per_s": rates["generate"],
+            "ratio": rates["ours"] / rates["generate"],
+            "tokens_match": outputs["ours"].tolist() == outputs["generate"].tolist(),
+            "ours_peak_bytes": peak_bytes(steps["ours"]), "generate_peak_bytes": peak_bytes(steps["generate"]),
+        }
+    return result
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def print_table(report: dict) -> None:
+    peak = report["matmul_peak_flops"]
+    print(f"threads {report['machine']['threads']}, load average {report['machine']['load_average_start']} "
+          f"-> {report['machine']['load_average_end']}; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    print("\ntraining step (fwd+bwd+AdamW)   ours tok/s  llama tok/s  ratio  MFU ours  MFU llama  peak MiB ours/llama")
+    for r in report["train"]:
+        print(f"  {r['size']:>4} {r['dtype']:<5} ({r['params'] / 1e6:5.2f}M)     {r['ours_tokens_per_s']:10.0f}  "
+              f"{r['llama_tokens_per_s']:11.0f}  {r['ratio']:5.2f}  {r['ours_mfu']:8.1%}  {r['llama_mfu']:9.1%}  "
+              f"{_mib(r['ours_peak_bytes'])}/{_mib(r['llama_peak_bytes'])}")
+    print("\ngeneration (greedy)             ours tok/s  generate tok/s  ratio  same tokens  peak MiB ours/generate")
+    for r in report["generate"]:
+        print(f"  {r['size']:>4} batch {r['batch']:<3} x {r['new_tokens']:<4}   {r['ours_tokens_per_s']:10.0f}  "
+              f"{r['generate_tokens_per_s']:14.0f}  {r['ratio']:5.2f}  {str(r['tokens_match']):>11}  "
+              f"{_mib(r['ours_peak_bytes'])}/{_mib(r['generate_peak_bytes'])}")
+
+
+def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, threads, dtypes=("fp32", "bf16")):
+    import torch
+    import transformers
+
+    from .flops import measure_matmul_peak
+
+    if threads:
+        torch.set_num_threads(threads)
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "load_average_start": [round(v, 2) for v in os.getloadavg()],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        "matmul_peak_flops": {"fp32": measure_matmul_peak(torch.float32, size=peak_size),
+                              "bf16": measure_matmul_peak(torch.bfloat16, size=peak_size)},
+        "train": [], "generate": [],
+    }
+    for size in sizes:
+        for dtype in dtypes:
+            report["train"].append(bench_training(size, dtype, batch, seq_len, reps,
+                                                  report["matmul_peak_flops"][dtype]))
+        for b in gen_batches:
+            report["generate"].append(bench_generation(size, b, new_tokens, reps))
+    report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    return report
+
+
+# Argument checks raise UserError (not argparse's error), so bad input is one line and exit code 2.
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"--gen_batches: expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _size_list(text: str) -> list[str]:
+    sizes = text.split(",")
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        raise UserError(f"--sizes: unknown size {unknown[0]!r}; expected some of {', '.join(SIZES)}")
+    return sizes
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf-lab bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", default="bench.json", help="where to write the figures (default ./bench.json)")
+    parser.add_argument("--quick", action="store_true", help="a tiny model and short runs: seconds, for tests")
+    parser.add_argument("--sizes", type=_size_list, help=f"comma-separated, of {', '.join(SIZES)} (default 1M,10M)")
+    parser.add_argument("--batch", type=int, help="training batch size (default 16)")
+    parser.add_argument("--seq_len", type=int, help="training sequence length (default 256)")
+    parser.add_argument("--reps", type=int, help="timed repetitions per model (default 5)")
+    parser.add_argument("--gen_batches", type=_int_list, help="generation batch sizes (default 1,8,64)")
+    parser.add_argument("--new_tokens", type=int, help="tokens generated per row (default 128)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    defaults = dict(sizes="1M,10M", batch=16, seq_len=256, reps=5, gen_batches="1,8,64", new_tokens=128,
+                    peak_size=2048)
+    if args.quick:
+        defaults.update(QUICK)
+    pick = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
+    sizes = pick["sizes"] if isinstance(pick["sizes"], list) else _size_list(pick["sizes"])
+    gen_batches = pick["gen_batches"] if isinstance(pick["gen_batches"], list) else _int_list(pick["gen_batches"])
+    for key in ("batch", "seq_len", "reps", "new_tokens"):
+        if pick[key] < 1:
+            raise UserError(f"--{key} must be at least 1, got {pick[key]}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be positive (or 0 for torch's default), got {args.threads}")
+    output = Path(args.output)
+    if output.is_dir() or not output.parent.is_dir():
+        raise UserError(f"--output {output}: expected a file path in an existing directory")
+
+    report = run_bench(sizes, pick["batch"], pick["seq_len"], pick["reps"], gen_batches, pick["new_tokens"],
+                       pick["peak_size"], args.threads)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"\nwrote {output}")
+    mismatched = [r for r in report["generate"] if not r["tokens_match"]]
+    if mismatched:
+        raise UserError(f"{len(mismatched)} generation case(s) gave different tokens from generate "
+                        f"(size {mismatched[0]['size']}, batch {mismatched[0]['batch']}); see {output}")
+    return 0

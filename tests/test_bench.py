@@ -1,0 +1,46 @@
+"""`rlhf-lab bench --quick` through the CLI: every figure is in the JSON and the tokens matched (not speed)."""
+
+import json
+
+import pytest
+
+from recipes.cli import main as rlhf_lab
+
+TRAIN_KEYS = {"size", "params", "dtype", "batch", "seq_len", "ours_tokens_per_s", "llama_tokens_per_s", "ratio",
+              "ours_mfu", "llama_mfu", "ours_peak_bytes", "llama_peak_bytes", "initial_loss_diff"}
+GENERATE_KEYS = {"size", "batch", "new_tokens", "ours_tokens_per_s", "generate_tokens_per_s", "ratio",
+                 "tokens_match", "ours_peak_bytes", "generate_peak_bytes"}
+
+
+def test_bench_quick_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert rlhf_lab(["bench", "--quick", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["matmul_peak_flops"]["fp32"] > 0 and report["matmul_peak_flops"]["bf16"] > 0
+    assert {"threads", "torch", "transformers", "load_average_start", "load_average_end"} <= set(report["machine"])
+    assert [(r["size"], r["dtype"]) for r in report["train"]] == [("tiny", "fp32"), ("tiny", "bf16")]
+    for row in report["train"]:
+        assert set(row) == TRAIN_KEYS
+        assert row["ours_tokens_per_s"] > 0 and row["llama_tokens_per_s"] > 0 and row["ratio"] > 0
+        assert 0 < row["ours_mfu"] and 0 < row["llama_mfu"]
+        assert row["ours_peak_bytes"] > 0 and row["llama_peak_bytes"] > 0
+        assert row["initial_loss_diff"] < (1e-4 if row["dtype"] == "fp32" else 5e-2)  # same weights, same loss
+    assert [r["batch"] for r in report["generate"]] == [1, 4]
+    for row in report["generate"]:
+        assert set(row) == GENERATE_KEYS
+        assert row["tokens_match"] is True
+        assert row["ours_tokens_per_s"] > 0 and row["generate_tokens_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "training step" in printed and "generation" in printed and str(out) in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "huge"], "unknown size 'huge'"),
+    (["--gen_batches", "1,x"], "comma-separated positive integers"),
+    (["--reps", "0"], "--reps must be at least 1"),
+    (["--output", "/no/such/dir/bench.json"], "expected a file path in an existing directory"),
+])
+def test_bench_refuses_bad_input(argv, message, capsys):
+    code = rlhf_lab(["bench", "--quick", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
