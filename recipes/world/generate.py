@@ -30,7 +30,7 @@ from .families import all_families
 from .gold import gold_reward
 from .sizes import SIZES, WorldSize
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: math operands up to 20 (were 50)
 KINDS = ("corpus", "sft", "preferences", "eval")
 SPLITS = ("train", "validation")
 EVAL_ATTEMPTS = 30  # draws per evaluation prompt to find one unseen in training
