@@ -177,6 +177,15 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """transformers' `generate`, except that plain greedy or sampled decoding (what TRL's GRPO and
+        RLOO ask for) runs on the lab's sampler: same tokens, same distribution, several times faster
+        on a CPU. See `sampler.generate_fast` for what counts as plain."""
+        from .sampler import generate_fast
+
+        out = generate_fast(self, inputs, generation_config, kwargs)
+        return out if out is not None else super().generate(inputs, generation_config, **kwargs)
+
     def forward(
         self,
         input_ids=None,

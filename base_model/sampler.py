@@ -17,7 +17,9 @@ Sampling follows transformers' order and semantics: temperature, then top-k (0 =
 the global RNG (or `generator`).
 
 `sample` is the entry point; `fast_path_ok` says whether a model can take it (our plain
-GPTForCausalLM, not one whose linear layers were wrapped, e.g. by PEFT's LoRA).
+GPTForCausalLM, not one whose linear layers were wrapped, e.g. by PEFT's LoRA). `generate_fast`
+lets `GPTForCausalLM.generate` (what TRL's GRPO and RLOO call) take it when a call asks for nothing
+beyond plain greedy or sampled decoding; any other setting goes to transformers' `generate`.
 """
 
 from __future__ import annotations
@@ -121,8 +123,13 @@ class _Decoder:
 
     def prefill(self, input_ids, attention_mask):
         """Run the prompt (B, P) through the model, filling the cache; float logits (B, vocab) of the last position."""
-        h = self.model.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=self.cache,
-                             use_cache=True).last_hidden_state
+        training = self.model.training
+        self.model.eval()  # in training mode with gradient checkpointing the backbone would skip the cache
+        try:
+            h = self.model.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=self.cache,
+                                 use_cache=True).last_hidden_state
+        finally:
+            self.model.train(training)
         self.cache.length = input_ids.shape[1]
         return self.model.lm_head(h[:, -1]).float()
 
@@ -216,3 +223,42 @@ def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_to
         mask = keep[:, None, None, : P + step + 1] if padded else None
         logits = decoder.step(token, cos[:, step], sin[:, step], mask)
     return torch.cat([input_ids, out[:, :steps]], dim=1)
+
+
+# generate() settings the sampler implements. Any other setting that differs from transformers'
+# defaults (beams, penalties, min_p, logits processors, streamers, scores in the output, several
+# sequences per prompt, ...) sends the call to transformers' own generate.
+_HANDLED = {"max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
+            "pad_token_id", "bos_token_id", "use_cache", "disable_compile", "cache_implementation",
+            "output_attentions", "output_hidden_states", "_from_model_config", "transformers_version"}
+
+
+def generate_fast(model, inputs, generation_config, kwargs: dict):
+    """What `model.generate(inputs, generation_config, **kwargs)` returns, from the fast sampler; or None
+    when the call needs something only transformers' generate does (the caller then runs that)."""
+    from transformers import GenerationConfig
+
+    if not fast_path_ok(model) or kwargs.get("use_cache") is False:
+        return None
+    config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
+    input_ids = model_kwargs.pop("input_ids", inputs)
+    attention_mask = model_kwargs.pop("attention_mask", None)
+    model_kwargs.pop("use_cache", None)
+    if model_kwargs or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or config.cache_implementation:
+        return None
+    defaults = GenerationConfig()
+    defaults.update(**model.generation_config._get_default_generation_params(), defaults_only=True)
+    defaults = defaults.to_dict()
+    for key, value in config.to_dict().items():
+        if key not in _HANDLED and value != defaults.get(key) and (value or defaults.get(key)):
+            return None
+    if config.max_new_tokens is not None:
+        max_new_tokens = config.max_new_tokens
+    else:
+        max_new_tokens = config.max_length - input_ids.shape[1]
+    eos = config.eos_token_id
+    pad = config.pad_token_id if config.pad_token_id is not None else (
+        (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0)  # as generate: eos stands in for pad
+    return sample(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                  pad_token_id=pad, do_sample=bool(config.do_sample), temperature=config.temperature or 1.0,
+                  top_k=config.top_k or 0, top_p=1.0 if config.top_p is None else config.top_p)

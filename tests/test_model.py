@@ -6,7 +6,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, AutoModelForSequenceClassification, AutoTokenizer
 
 from base_model import GPTConfig, GPTForCausalLM, GPTForSequenceClassification, GPTModel, train_tokenizer
 
@@ -73,7 +73,8 @@ def test_kv_cache_with_left_padding(lm):
 
 
 @torch.no_grad()
-def test_left_padded_batch_equals_rows_alone(lm):
+@pytest.mark.parametrize("generate", [GPTForCausalLM.generate, GenerationMixin.generate], ids=["fast", "transformers"])
+def test_left_padded_batch_equals_rows_alone(lm, generate):
     rows = [ids(1, 9, seed=3)[0], ids(1, 5, seed=4)[0], ids(1, 2, seed=5)[0]]
     T = max(len(r) for r in rows)
     x = torch.full((len(rows), T), PAD)
@@ -81,11 +82,11 @@ def test_left_padded_batch_equals_rows_alone(lm):
     for i, r in enumerate(rows):
         x[i, T - len(r) :], mask[i, T - len(r) :] = r, 1
     batch = lm(x, attention_mask=mask).logits
-    gen = lm.generate(x, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=PAD)
+    gen = generate(lm, x, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=PAD)
     for i, r in enumerate(rows):
         alone = lm(r[None]).logits[0]
         torch.testing.assert_close(batch[i, T - len(r) :], alone, atol=ATOL, rtol=0)
-        gen_alone = lm.generate(r[None], max_new_tokens=8, do_sample=False, pad_token_id=PAD)[0]
+        gen_alone = generate(lm, r[None], max_new_tokens=8, do_sample=False, pad_token_id=PAD)[0]
         assert gen[i, T:].tolist() == gen_alone[len(r) :].tolist()
 
 
@@ -93,8 +94,9 @@ def test_left_padded_batch_equals_rows_alone(lm):
 def test_generate_with_and_without_cache_agree(lm):
     x = ids(2, 6)
     kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=PAD, eos_token_id=None)
-    a = lm.generate(x, use_cache=True, **kw)
-    b = lm.generate(x, use_cache=False, **kw)
+    a = lm.generate(x, use_cache=True, **kw)  # the lab's sampler (plain greedy decoding)
+    b = lm.generate(x, use_cache=False, **kw)  # transformers' generate, recomputing everything each step
+    assert GenerationMixin.generate(lm, x, use_cache=True, **kw).tolist() == a.tolist()  # transformers + our cache
     assert a.shape == (2, 18)
     assert a.tolist() == b.tolist()
     assert len(set(a[:, 6:].flatten().tolist())) > 1  # not a degenerate constant output

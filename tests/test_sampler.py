@@ -6,8 +6,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from transformers import GenerationConfig, GenerationMixin
 
 from base_model import GPTConfig, GPTForCausalLM, train_tokenizer
+from base_model import sampler
 from base_model.sampler import fast_path_ok, sample
 from recipes.generation import generate_answers
 
@@ -31,6 +33,11 @@ def tiny_lm(seed=0, sharpness=30.0, **kw):
     return model
 
 
+def hf_generate(model):
+    """transformers' own generate, bypassing GPTForCausalLM.generate's route to the fast sampler."""
+    return lambda *args, **kw: GenerationMixin.generate(model, *args, **kw)
+
+
 def left_padded(lengths, seed=1):
     g = torch.Generator().manual_seed(seed)
     width = max(lengths)
@@ -47,7 +54,7 @@ def test_greedy_tokens_equal_generate_on_left_padded_batches(kv_heads):
     model = tiny_lm(num_key_value_heads=kv_heads)
     ids, mask = left_padded([3, 9, 1, 6])
     ours = sample(model, ids, mask, max_new_tokens=24, eos_token_id=None, pad_token_id=PAD)
-    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+    ref = hf_generate(model)(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
                          eos_token_id=None, pad_token_id=PAD)
     assert ours.tolist() == ref.tolist()
     one = sample(model, ids[:1, -3:], None, max_new_tokens=24, pad_token_id=PAD)  # no padding, no mask
@@ -58,12 +65,12 @@ def test_greedy_stops_at_eos_like_generate():
     model = tiny_lm()
     ids, mask = left_padded([4, 7, 2, 5, 3, 6], seed=3)
     greedy = dict(input_ids=ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=PAD)
-    free = model.generate(**greedy, eos_token_id=None)[:, ids.shape[1]:]
+    free = hf_generate(model)(**greedy, eos_token_id=None)[:, ids.shape[1]:]
     # The end token: one that some rows produce and others never do, so both cases occur.
     rows_with = [(free == t).any(-1).sum().item() for t in range(V)]
     eos = max(range(V), key=lambda t: rows_with[t] if rows_with[t] < len(free) else -1)
     assert 0 < rows_with[eos] < len(free)
-    ref = model.generate(**greedy, eos_token_id=eos)
+    ref = hf_generate(model)(**greedy, eos_token_id=eos)
     ours = sample(model, ids, mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=PAD)
     assert ours.tolist() == ref.tolist()  # same tokens, pads after each end, same length
     new = ours[:, ids.shape[1]:]
@@ -92,7 +99,7 @@ def test_sampled_distribution_matches_generate_and_the_model(sampling):
     torch.manual_seed(11)
     ours = first_token_counts(lambda **kw: sample(model, **kw), n, **sampling)
     torch.manual_seed(12)
-    ref = first_token_counts(model.generate, n, **sampling)
+    ref = first_token_counts(hf_generate(model), n, **sampling)
     tv = 0.5 * (ours / n - ref / n).abs().sum().item()
     # Two independent samples of 4000 from the same distribution over <=300 tokens: TV is ~0.1 at
     # most here; a wrong temperature or a cut-off in the wrong place moves it far beyond 0.15.
@@ -156,7 +163,7 @@ def test_generate_answers_fast_path_equals_generate(chat_tokenizer):
         def __init__(self, inner):
             super().__init__()
             self.inner = inner
-            self.generate = inner.generate
+            self.generate = hf_generate(inner)
             self.device = inner.device
 
     plain = Plain(model)
@@ -178,5 +185,49 @@ def test_peft_wrapped_model_is_not_taken_by_the_fast_path():
 
     model = tiny_lm()
     assert fast_path_ok(model)
+    ids, mask = left_padded([3, 6])
+    before = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=PAD)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     assert not fast_path_ok(peft_model) and not fast_path_ok(peft_model.base_model.model)  # LoRA layers inside
+    with torch.no_grad():  # LoRA's B starts at zero; make the adapters change the arithmetic
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1.0)
+    after = peft_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=PAD)
+    assert after.tolist() != before.tolist()  # generated through the adapters, by transformers' generate
+
+
+def test_training_mode_with_gradient_checkpointing_still_fills_the_cache():
+    model = tiny_lm()
+    ids, mask = left_padded([4, 7])
+    ref = sample(model, ids, mask, max_new_tokens=10, pad_token_id=PAD)
+    model.gradient_checkpointing_enable()
+    model.train()  # as TRL may leave it when it generates mid-training
+    assert sample(model, ids, mask, max_new_tokens=10, pad_token_id=PAD).tolist() == ref.tolist()
+    assert model.training
+
+
+def test_model_generate_routes_plain_calls_to_the_sampler(monkeypatch):
+    """GPTForCausalLM.generate: TRL-style plain sampling and greedy calls take the sampler; anything
+    the sampler does not implement goes to transformers' generate."""
+    calls = []
+    real = sampler.sample
+    monkeypatch.setattr(sampler, "sample", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    model = tiny_lm()
+    ids, mask = left_padded([3, 6])
+    greedy = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=PAD)
+    assert len(calls) == 1 and calls[0]["eos_token_id"] == EOS  # eos from the model's generation config
+    assert greedy.tolist() == hf_generate(model)(input_ids=ids, attention_mask=mask, max_new_tokens=10,
+                                                 do_sample=False, pad_token_id=PAD).tolist()
+    # What TRL's GRPO/RLOO pass (trl/trainer/grpo_trainer.py, generation_kwargs).
+    trl_config = GenerationConfig(max_new_tokens=8, do_sample=True, pad_token_id=PAD, bos_token_id=1,
+                                  eos_token_id=[EOS], temperature=0.9, top_p=0.95, top_k=0, min_p=None,
+                                  repetition_penalty=1.0, cache_implementation=None, disable_compile=True)
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=trl_config)
+    assert len(calls) == 2 and out.shape[0] == 2 and out.shape[1] <= ids.shape[1] + 8
+    assert calls[1]["do_sample"] and (calls[1]["temperature"], calls[1]["top_p"], calls[1]["top_k"]) == (0.9, 0.95, 0)
+    for extra in (dict(repetition_penalty=1.3), dict(num_return_sequences=2, do_sample=True),
+                  dict(return_dict_in_generate=True, output_scores=True), dict(min_p=0.1, do_sample=True),
+                  dict(use_cache=False), dict(num_beams=2)):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, pad_token_id=PAD, **extra)
+        assert len(calls) == 2, extra  # transformers' generate did it
