@@ -10,7 +10,7 @@ ratios, because absolute CPU timings move with every other process on the machin
   fp32 and under bf16 autocast; the two models' repetitions are interleaved (ours, llama, llama,
   ours, ...) so a change of load hits both; tokens/s is the median over repetitions;
 - MFU: that step's model FLOPs (base_model/flops.py) per second over the square-matmul peak
-  measured in this run, in the same dtype;
+  measured in this run, in the same dtype (measured before each training row, the best kept);
 - generation: greedy, `new_tokens` per row at each batch size from left-padded prompts: the lab's
   sampler (base_model/sampler.py) against transformers' `generate` on the Llama copy; the tokens
   must be identical (the command fails after writing the JSON if they are not);
@@ -41,6 +41,7 @@ SIZES = {  # the name is the rough parameter count; the exact one is in the JSON
     "10M": dict(vocab_size=1024, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2),
 }
 QUICK = dict(sizes="tiny", batch=4, seq_len=32, reps=2, gen_batches="1,4", new_tokens=16, peak_size=256)
+PEAK_SIZE = 1024  # square matmul for the peak: large enough to be compute-bound, quick enough to repeat
 
 
 def build_pair(size: str, seed: int = 0):
@@ -86,7 +87,7 @@ def _median_rates(steps: dict, tokens: int, reps: int) -> dict:
     return {name: tokens / statistics.median(t) for name, t in times.items()}
 
 
-def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int, peak: float) -> dict:
+def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int) -> dict:
     import contextlib
 
     import torch
@@ -123,7 +124,7 @@ def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int, p
         "size": size, "params": n_params, "dtype": dtype, "batch": batch, "seq_len": seq_len,
         "ours_tokens_per_s": rates["ours"], "llama_tokens_per_s": rates["llama"],
         "ratio": rates["ours"] / rates["llama"],
-        "ours_mfu": rates["ours"] * flops / peak, "llama_mfu": rates["llama"] * flops / peak,
+        "ours_flops_per_s": rates["ours"] * flops, "llama_flops_per_s": rates["llama"] * flops,
         "ours_peak_bytes": peak_bytes(steps["ours"]), "llama_peak_bytes": peak_bytes(steps["llama"]),
         "initial_loss_diff": loss_diff,
     }
@@ -204,16 +205,25 @@ def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, t
             "load_average_start": [round(v, 2) for v in os.getloadavg()],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
-        "matmul_peak_flops": {"fp32": measure_matmul_peak(torch.float32, size=peak_size),
-                              "bf16": measure_matmul_peak(torch.bfloat16, size=peak_size)},
         "train": [], "generate": [],
     }
+    # The peak is measured again before every training row and the best figure kept: a single short
+    # measurement taken while another process holds a core would understate it and overstate MFU.
+    peaks = {dtype: 0.0 for dtype in ("fp32", "bf16")}
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
     for size in sizes:
         for dtype in dtypes:
-            report["train"].append(bench_training(size, dtype, batch, seq_len, reps,
-                                                  report["matmul_peak_flops"][dtype]))
+            peaks[dtype] = max(peaks[dtype], measure_matmul_peak(torch_dtype[dtype], size=peak_size, seconds=1.0))
+            report["train"].append(bench_training(size, dtype, batch, seq_len, reps))
         for b in gen_batches:
             report["generate"].append(bench_generation(size, b, new_tokens, reps))
+    for dtype in ("fp32", "bf16"):
+        if peaks[dtype] == 0.0:
+            peaks[dtype] = measure_matmul_peak(torch_dtype[dtype], size=peak_size, seconds=1.0)
+    report["matmul_peak_flops"] = peaks
+    for row in report["train"]:
+        row["ours_mfu"] = row["ours_flops_per_s"] / peaks[row["dtype"]]
+        row["llama_mfu"] = row["llama_flops_per_s"] / peaks[row["dtype"]]
     report["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     return report
 
@@ -250,7 +260,7 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     defaults = dict(sizes="1M,10M", batch=16, seq_len=256, reps=5, gen_batches="1,8,64", new_tokens=128,
-                    peak_size=2048)
+                    peak_size=PEAK_SIZE)
     if args.quick:
         defaults.update(QUICK)
     pick = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}

@@ -7,7 +7,8 @@ import pytest
 from recipes.cli import main as rlhf_lab
 
 TRAIN_KEYS = {"size", "params", "dtype", "batch", "seq_len", "ours_tokens_per_s", "llama_tokens_per_s", "ratio",
-              "ours_mfu", "llama_mfu", "ours_peak_bytes", "llama_peak_bytes", "initial_loss_diff"}
+              "ours_mfu", "llama_mfu", "ours_flops_per_s", "llama_flops_per_s", "ours_peak_bytes", "llama_peak_bytes",
+              "initial_loss_diff"}
 GENERATE_KEYS = {"size", "batch", "new_tokens", "ours_tokens_per_s", "generate_tokens_per_s", "ratio",
                  "tokens_match", "ours_peak_bytes", "generate_peak_bytes"}
 

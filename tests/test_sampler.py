@@ -49,16 +49,20 @@ def left_padded(lengths, seed=1):
     return ids, mask
 
 
-@pytest.mark.parametrize("kv_heads", [2, 4])
-def test_greedy_tokens_equal_generate_on_left_padded_batches(kv_heads):
+@pytest.mark.parametrize("kv_heads, lengths", [
+    (2, [3, 9, 1, 6]), (4, [3, 9, 1, 6]),
+    (2, [1 + (i * 5) % 11 for i in range(20)]),  # a batch large enough for the sampler's bmm attention
+])
+def test_greedy_tokens_equal_generate_on_left_padded_batches(kv_heads, lengths):
     model = tiny_lm(num_key_value_heads=kv_heads)
-    ids, mask = left_padded([3, 9, 1, 6])
+    ids, mask = left_padded(lengths)
     ours = sample(model, ids, mask, max_new_tokens=24, eos_token_id=None, pad_token_id=PAD)
     ref = hf_generate(model)(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
                          eos_token_id=None, pad_token_id=PAD)
     assert ours.tolist() == ref.tolist()
-    one = sample(model, ids[:1, -3:], None, max_new_tokens=24, pad_token_id=PAD)  # no padding, no mask
-    assert one[0, 3:].tolist() == ours[0, 9:].tolist()  # left padding changes nothing for the row
+    n, width = lengths[0], max(lengths)
+    one = sample(model, ids[:1, -n:], None, max_new_tokens=24, pad_token_id=PAD)  # no padding, no mask
+    assert one[0, n:].tolist() == ours[0, width:].tolist()  # left padding changes nothing for the row
 
 
 def test_greedy_stops_at_eos_like_generate():
