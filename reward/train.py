@@ -53,6 +53,12 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
         default=4, metadata={"help": "Sampled answers per prompt, so rewards vary within a prompt too."})
     eval_max_new_tokens: int = 64
     eval_temperature: float = 1.0
+    sft_sample_pairs: int = dataclasses.field(
+        default=0, metadata={"help": "Also train on this many pairs of the SFT model's own answers to training "
+                             "prompts, labelled by the world's simulated annotators (world data only; see "
+                             "reward/sft_pairs.py). 0: the preference data alone."})
+    sft_sample_max_new_tokens: int = dataclasses.field(
+        default=160, metadata={"help": "Most tokens per sampled answer for sft_sample_pairs."})
     annotator_bt_temperature: float | None = dataclasses.field(
         default=None, metadata={"help": "Bradley-Terry temperature of the labels, for the noise ceiling. "
                                 "Default: the world's, for world data."})
@@ -79,7 +85,10 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
             import torch
 
             self.activation_checkpointing = torch.cuda.is_available()
-        for key in ("eval_num_prompts", "eval_samples_per_prompt", "eval_max_new_tokens", "lora_r"):
+        if self.sft_sample_pairs < 0:
+            raise ValueError(f"key 'sft_sample_pairs' must be 0 or more, got {self.sft_sample_pairs}")
+        for key in ("eval_num_prompts", "eval_samples_per_prompt", "eval_max_new_tokens", "lora_r",
+                    "sft_sample_max_new_tokens"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
         if self.eval_temperature <= 0:
@@ -233,6 +242,13 @@ def main(config: RewardStageConfig) -> dict:
     train_pairs, test_pairs = load_pairs(config)
     annotators = annotator_noise(config)
     eval_prompts = load_eval_prompts(config)
+    if config.sft_sample_pairs:  # before any model loads: bad input fails fast
+        from reward.sft_pairs import distinct_prompts
+
+        if annotators is None:
+            raise UserError("key 'sft_sample_pairs': needs the annotators' noise; set annotator_bt_temperature "
+                            "and annotator_flip_rate, or train on world data")
+        distinct_prompts(train_pairs["prompt"], config.sft_sample_pairs)
     run.start(config, parent=parent, data={
         "source": config.dataset_name, "fingerprint": data_fingerprint(config), "train_pairs": len(train_pairs),
         "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts, "model": str(model_dir)})
@@ -249,6 +265,8 @@ def main(config: RewardStageConfig) -> dict:
                              batch_size=config.per_device_eval_batch_size, seed=config.seed)
     print(f"sampled {len(samples.answers)} SFT answers to {len(eval_prompts)} prompts "
           f"(mean gold {sum(samples.golds) / len(samples.golds):+.3f})")
+    if config.sft_sample_pairs:
+        train_pairs = add_sft_sample_pairs(config, train_pairs, load_policy(model_dir), tokenizer, annotators, run)
 
     route_trainer_events(run)
     writer = SummaryWriter(str(run.tb_dir), filename_suffix=".reward_eval")
@@ -282,6 +300,26 @@ def main(config: RewardStageConfig) -> dict:
     run.finish(metrics)
     print(summary_line(metrics, run))
     return metrics
+
+
+def add_sft_sample_pairs(config: RewardStageConfig, train_pairs, policy, tokenizer, annotators, run: RunDir):
+    """The training pairs plus labelled pairs of the SFT model's own answers (reward/sft_pairs.py)."""
+    import datasets
+
+    from reward.sft_pairs import label_sft_samples, to_token_ids
+
+    columns, counts = label_sft_samples(
+        policy, tokenizer, train_pairs["prompt"], pairs=config.sft_sample_pairs, annotators=annotators,
+        max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.eval_temperature,
+        batch_size=config.per_device_eval_batch_size, seed=config.seed)
+    run.update(data={**(run.manifest() or {}).get("data", {}), **counts})
+    print(f"labelled {counts['sft_sample_pairs']} pairs of SFT answers to {counts['sft_sample_prompts']} training "
+          f"prompts ({counts['sft_sample_ties']} gold ties left out)")
+    # As token ids, so that cut-off answers stay open (see reward/sft_pairs.py); TRL takes them as they are.
+    ids = to_token_ids(tokenizer, train_pairs.to_dict())
+    extra = to_token_ids(tokenizer, columns)
+    both = {name: ids[name] + extra[name] for name in ids}
+    return datasets.Dataset.from_dict(both).shuffle(seed=config.seed)
 
 
 def summary_line(metrics: dict, run: RunDir) -> str:

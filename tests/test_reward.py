@@ -129,3 +129,63 @@ def test_easy_split_accuracy_clearly_above_chance(smoke_sft, tmp_path):
     assert metrics["eval_pairs"] >= 40  # pairs longer than max_length are left out
     assert metrics["accuracy"] >= 0.75, metrics
     assert metrics["gold_accuracy"] >= 0.75, metrics
+
+
+def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
+    """Pairs of the SFT model's own answers: gold scores attached (a cut-off answer charged), ties left
+    out, cut-off answers rendered without the end of turn, and with noiseless annotators every label
+    follows the gold order."""
+    import base_model  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    from base_model import load_tokenizer
+    from recipes.data import load_prompts
+    from recipes.world import gold_reward
+    from reward.sft_pairs import label_sft_samples, to_token_ids
+
+    policy = AutoModelForCausalLM.from_pretrained(smoke_sft / "model")
+    tokenizer = load_tokenizer(str(smoke_sft / "model"))
+    prompts = list(load_prompts("world:preferences?size=smoke")["prompt"])
+    columns, counts = label_sft_samples(policy, tokenizer, prompts + prompts[:5], pairs=30, annotators=(1e-9, 0.0),
+                                        max_new_tokens=24, batch_size=16, seed=0)
+    assert counts["sft_sample_prompts"] == 30  # distinct prompts: the repeated five count once
+    assert counts["sft_sample_pairs"] + counts["sft_sample_ties"] == 30
+    assert counts["sft_sample_pairs"] == len(columns["prompt"]) > 0
+    for prompt, chosen, rejected, gc, gr, ec, er in zip(*(columns[k] for k in (
+            "prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "ended_chosen", "ended_rejected"))):
+        assert gc > gr  # noiseless annotators follow gold
+        assert gold_reward(prompt, chosen[0]["content"], ended=ec).total == gc
+        assert gold_reward(prompt, rejected[0]["content"], ended=er).total == gr
+    ids = to_token_ids(tokenizer, columns)
+    for i, ended in enumerate(columns["ended_chosen"]):
+        assert (ids["chosen_ids"][i][-1] == tokenizer.eos_token_id) == ended or \
+            (ended and ids["chosen_ids"][i][-2] == tokenizer.eos_token_id)  # a template may add a newline after it
+        assert ended or tokenizer.eos_token_id not in ids["chosen_ids"][i][-3:]
+    again, _ = label_sft_samples(policy, tokenizer, prompts, pairs=30, annotators=(1e-9, 0.0), max_new_tokens=24,
+                                 batch_size=16, seed=0)
+    assert again == columns  # seeded: a resumed run trains on the same pairs
+
+
+def test_reward_stage_adds_sft_sample_pairs(smoke_sft, tmp_path):
+    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(tmp_path), "--recipe", "onpolicy",
+                     "--model_name_or_path", str(smoke_sft / "model"), "--sft_sample_pairs", "40",
+                     "--sft_sample_max_new_tokens", "24", "--max_steps", "4", "--eval_strategy", "no",
+                     "--save_strategy", "no", "--eval_num_prompts", "4"]) == 0
+    manifest = json.loads((tmp_path / "onpolicy" / "reward" / "manifest.json").read_text())
+    data = manifest["data"]
+    assert data["sft_sample_prompts"] == 40 and 0 < data["sft_sample_pairs"] <= 40
+    assert manifest["status"] == "finished"
+
+
+def test_sft_sample_pairs_need_world_prompts(smoke_sft, tmp_path, capsys):
+    data = tmp_path / "pairs"
+    data.mkdir()
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text("".join(
+            json.dumps({"prompt": f"Name a colour {i}.", "chosen": "Blue.", "rejected": "No."}) + "\n" for i in range(8)))
+    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(tmp_path), "--recipe", "foreign",
+                     "--model_name_or_path", str(smoke_sft / "model"), "--dataset_name", str(data),
+                     "--annotator_bt_temperature", "0.5",
+                     "--sft_sample_pairs", "4", "--eval_num_prompts", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sft_sample_pairs" in err[0] and "no world family" in err[0], err
