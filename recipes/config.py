@@ -14,7 +14,7 @@ import difflib
 import enum
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from transformers import HfArgumentParser
@@ -195,6 +195,12 @@ def parse_config(config_class: type[T], argv: list[str], command: str, descripti
         yaml_argv, defaults = _yaml_to_argv(values)
         parser.set_defaults(**defaults)
 
+    # `--key null` on the command line means None, as `key: null` does in YAML, for keys that allow it.
+    nullable = {name for name, annotation in _annotations(config_class).items() if name in known and _allows_none(annotation)}
+    nulled = _null_flags(argv, nullable)
+    if nulled:
+        yaml_argv, argv = _drop_flags(yaml_argv, nulled), _drop_flags(argv, nulled)
+        parser.set_defaults(**dict.fromkeys(nulled))
     try:
         namespace, unknown = parser.parse_known_args(yaml_argv + argv)
     except UserError as err:
@@ -213,6 +219,51 @@ def parse_config(config_class: type[T], argv: list[str], command: str, descripti
     if getattr(config, "recipe", "unset") is None:
         config.recipe = config_path.resolve().parent.name if config_path else "default"
     return config
+
+
+NULL_WORDS = ("null", "Null", "NULL", "~")  # YAML's; not "none", which report_to reads as a value
+
+
+def _annotations(config_class: type) -> dict[str, Any]:
+    """Each field's annotation as written: HfArgumentParser rewrites `field.type` (dropping None) in place."""
+    annotations: dict[str, Any] = {}
+    for klass in reversed(config_class.__mro__):
+        annotations.update(klass.__dict__.get("__annotations__", {}))
+    return annotations
+
+
+def _allows_none(annotation: Any) -> bool:
+    # A string under `from __future__ import annotations`, else a type such as `float | None`.
+    if isinstance(annotation, str):
+        return "None" in annotation or "Optional" in annotation
+    return type(None) in get_args(annotation)
+
+
+def _null_flags(argv: list[str], nullable: set[str]) -> set[str]:
+    """Keys given as `--key null` (or `--key=null`) on the command line that may hold None."""
+    keys = set()
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if name in nullable and value in NULL_WORDS:
+            keys.add(name)
+    return keys
+
+
+def _drop_flags(argv: list[str], keys: set[str]) -> list[str]:
+    """argv without the flags of `keys` and the values that follow them."""
+    out, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            skipping = arg[2:].partition("=")[0] in keys
+            if skipping and "=" in arg:
+                continue
+        if not skipping:
+            out.append(arg)
+    return out
 
 
 def to_plain(value: Any) -> Any:

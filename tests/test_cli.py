@@ -39,6 +39,21 @@ def test_flags_override_yaml_and_the_saved_config_round_trips(tmp_path):
     assert dataclasses.asdict(again) == dataclasses.asdict(config)
 
 
+def test_null_on_the_command_line_means_none_where_a_key_allows_it(tmp_path):
+    from recipes.errors import UserError
+    from reward.train import RewardStageConfig
+
+    path = tmp_path / "r" / "reward.yaml"
+    path.parent.mkdir()
+    path.write_text("dataset_test_split: validation\nannotator_bt_temperature: 0.5\nlearning_rate: 1.0e-4\n")
+    config = parse_config(RewardStageConfig, ["--config", str(path), "--dataset_test_split", "null",
+                                              "--annotator_bt_temperature=null", "--num_train_epochs", "2"], "reward")
+    assert config.dataset_test_split is None and config.annotator_bt_temperature is None  # the flags beat the YAML
+    assert (config.learning_rate, config.num_train_epochs) == (1e-4, 2)  # other keys untouched
+    with pytest.raises(UserError, match="invalid float value: 'null'"):  # a key that cannot be None still says so
+        parse_config(RewardStageConfig, ["--config", str(path), "--learning_rate", "null"], "reward")
+
+
 @pytest.mark.parametrize("yaml_text, argv, expected", [
     ("max_stepz: 3\n", [], "pretrain.yaml: unknown key 'max_stepz' (did you mean 'max_steps'?)"),
     ("", ["--max_step", "3"], "command line: unknown key 'max_step' (did you mean 'max_steps'?)"),
