@@ -259,14 +259,16 @@ def main(config: RewardStageConfig) -> dict:
     if config.max_length is None or (context and config.max_length > context):
         raise UserError(f"key 'max_length' ({config.max_length}) must be set and at most the model's context "
                         f"({context} tokens, {model_dir})")
-    samples = sample_answers(load_policy(model_dir), tokenizer, eval_prompts,
+    policy = load_policy(model_dir)  # the SFT model: answers for the gold checks and, if asked, for pairs
+    samples = sample_answers(policy, tokenizer, eval_prompts,
                              samples_per_prompt=config.eval_samples_per_prompt,
                              max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
                              batch_size=config.per_device_eval_batch_size, seed=config.seed)
     print(f"sampled {len(samples.answers)} SFT answers to {len(eval_prompts)} prompts "
           f"(mean gold {sum(samples.golds) / len(samples.golds):+.3f})")
     if config.sft_sample_pairs:
-        train_pairs = add_sft_sample_pairs(config, train_pairs, load_policy(model_dir), tokenizer, annotators, run)
+        train_pairs = add_sft_sample_pairs(config, train_pairs, policy, tokenizer, annotators, run)
+    del policy  # not needed in training: free its memory before the trainer starts
 
     route_trainer_events(run)
     writer = SummaryWriter(str(run.tb_dir), filename_suffix=".reward_eval")
