@@ -98,6 +98,11 @@ class KVCache:
         self.v[layer_idx][:, :, self.length:end] = v
         return self.k[layer_idx][:, :, :end], self.v[layer_idx][:, :, :end]
 
+    def keep_rows(self, rows):
+        """Only these batch rows from now on (a 1-D index tensor)."""
+        self.k = [k.index_select(0, rows) for k in self.k]
+        self.v = [v.index_select(0, rows) for v in self.v]
+
 
 class _Decoder:
     """The model over a KVCache: the prompt through the model's own forward, then one lean step per token."""
@@ -236,11 +241,12 @@ def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_to
     padded = not bool(real.all())
     # Rotary position of the first new token = the real tokens before it; one more per step.
     cos, sin = decoder.rotary(real.sum(-1), max_new_tokens)
+    rows = torch.arange(B, device=device)  # the output row of each row still decoded
     steps = 0
     for step in range(max_new_tokens):
         token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         token = token.masked_fill(done, pad_token_id)
-        out[:, step] = token
+        out[rows, step] = token
         steps = step + 1
         if stop is not None:
             done |= (token == stop) if stop.numel() == 1 else torch.isin(token, stop)
@@ -248,6 +254,15 @@ def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_to
                 break
         if steps == max_new_tokens:
             break
+        if stop is not None and 4 * int(done.sum()) >= len(done) > 1:
+            # A batch runs until its longest answer ends: once a quarter of the rows have finished,
+            # drop them, so the remaining steps cost what the unfinished rows need.
+            keep = (~done).nonzero().squeeze(1)
+            decoder.cache.keep_rows(keep)
+            rows, done, token, logits = rows[keep], done[keep], token[keep], logits[keep]
+            cos, sin = cos[keep], sin[keep]
+            K = model.config.num_key_value_heads
+            bias = bias.view(-1, K, 1, bias.shape[-1])[keep].view(-1, 1, bias.shape[-1])
         logits = decoder.step(token, cos[:, step], sin[:, step], bias[:, :, : P + step + 1] if padded else None)
     return torch.cat([input_ids, out[:, :steps]], dim=1)
 

@@ -84,6 +84,26 @@ def test_greedy_stops_at_eos_like_generate():
     assert sample(model, ids, mask, max_new_tokens=30, eos_token_id=[eos, 7], pad_token_id=PAD).shape[0] == len(ids)
 
 
+def test_finished_rows_leave_the_batch_without_changing_any_row(monkeypatch):
+    model = tiny_lm()
+    ids, mask = left_padded([1 + (i * 7) % 13 for i in range(24)], seed=5)  # bmm attention, mixed padding
+    greedy = dict(input_ids=ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=PAD)
+    free = hf_generate(model)(**greedy, eos_token_id=None)[:, ids.shape[1]:]
+    # An end token a quarter of the rows or more produce, not all: the batch shrinks, some rows run on.
+    rows_with = [(free == t).any(-1).sum().item() for t in range(V)]
+    eos = max(range(V), key=lambda t: rows_with[t] if rows_with[t] < len(free) else -1)
+    assert len(free) // 4 <= rows_with[eos] < len(free)
+    kept = []
+    original = sampler.KVCache.keep_rows
+    monkeypatch.setattr(sampler.KVCache, "keep_rows", lambda self, rows: (kept.append(len(rows)), original(self, rows)))
+    ref = hf_generate(model)(**greedy, eos_token_id=eos)
+    assert sample(model, ids, mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=PAD).tolist() == ref.tolist()
+    assert kept and kept == sorted(kept, reverse=True) and kept[-1] < len(ids)
+    # The sampling path compacts the same way: top-k 1 sampling is greedy.
+    top1 = sample(model, ids, mask, max_new_tokens=30, eos_token_id=eos, pad_token_id=PAD, do_sample=True, top_k=1)
+    assert top1.tolist() == ref.tolist()
+
+
 def first_token_counts(generate, n, **sampling):
     """Counts of the first sampled token over n draws of one prompt (in one batch, rows independent)."""
     ids = torch.tensor([[7, 8, 9, 10]]).repeat(n, 1)
