@@ -4,8 +4,9 @@ InstructGPT collected its comparisons on answers sampled from the models being t
 answers written by others. A reward model trained only on the world's persona answers ranks clean
 text well but meets the SFT model's samples (garbled stories, wrong sums, half-rude answers) out of
 its training distribution, and those are exactly what best-of-n, PPO, GRPO and RLOO ask it to
-score. So the reward stage can add `sft_sample_pairs` pairs: for that many training prompts, two
-answers sampled from the SFT model, scored with the gold reward, labelled with the same
+score. So the reward stage can add `sft_sample_pairs` pairs: two answers sampled from the SFT model
+for each distinct training prompt in turn (going round the prompts again, with fresh samples, when
+more pairs are asked for than there are prompts), scored with the gold reward, labelled with the same
 Bradley-Terry noise and flips as the world's annotators. Gold ties carry no order and are skipped.
 An answer cut off before its end of turn keeps its gold penalty and is rendered without the
 end-of-turn marker, which is why the pairs go to the trainer as token ids (`to_token_ids`).
@@ -49,7 +50,8 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
     from recipes.world.annotators import label
 
     unique = distinct_prompts(prompts, pairs)
-    doubled = [p for p in unique for _ in range(2)]
+    asked = [unique[i % len(unique)] for i in range(pairs)]
+    doubled = [p for p in asked for _ in range(2)]
     answers = generate_answers(policy, tokenizer, doubled, max_new_tokens=max_new_tokens, do_sample=True,
                                temperature=temperature, batch_size=batch_size, seed=seed)
     rng = random.Random(f"sft-sample-labels/{seed}")
@@ -57,7 +59,7 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
     columns = {name: [] for name in ("prompt", "chosen", "rejected", "gold_chosen", "gold_rejected",
                                      "ended_chosen", "ended_rejected")}
     ties = unended = 0
-    for i, prompt in enumerate(unique):
+    for i, prompt in enumerate(asked):
         a, b = answers[2 * i], answers[2 * i + 1]
         gold_a, gold_b = gold_reward(prompt, a.text, ended=a.ended).total, gold_reward(prompt, b.text, ended=b.ended).total
         if gold_a == gold_b:
@@ -73,7 +75,7 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
         columns["ended_chosen"].append(a.ended)
         columns["ended_rejected"].append(b.ended)
         unended += (not a.ended) + (not b.ended)
-    counts = {"sft_sample_prompts": len(unique), "sft_sample_pairs": len(columns["prompt"]),
+    counts = {"sft_sample_prompts": len(unique), "sft_sample_samples": len(doubled), "sft_sample_pairs": len(columns["prompt"]),
               "sft_sample_ties": ties, "sft_sample_unended_answers": unended}
     return columns, counts
 

@@ -24,6 +24,9 @@ from recipes.rundir import RunDir, require_parent
 
 STAGE = "reward"
 PARENT = "sft"
+# Rows sampled at once for sft_sample_pairs: sampling keeps no activations for a backward pass, and
+# on a 2-core CPU 128 rows ran 1.7x faster than 32 (tinyworld SFT answers, finished rows dropped).
+PAIR_SAMPLING_BATCH = 128
 
 
 @dataclasses.dataclass
@@ -313,7 +316,7 @@ def add_sft_sample_pairs(config: RewardStageConfig, train_pairs, policy, tokeniz
     columns, counts = label_sft_samples(
         policy, tokenizer, train_pairs["prompt"], pairs=config.sft_sample_pairs, annotators=annotators,
         max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.eval_temperature,
-        batch_size=config.per_device_eval_batch_size, seed=config.seed)
+        batch_size=PAIR_SAMPLING_BATCH, seed=config.seed)
     run.update(data={**(run.manifest() or {}).get("data", {}), **counts})
     print(f"labelled {counts['sft_sample_pairs']} pairs of SFT answers to {counts['sft_sample_prompts']} training "
           f"prompts ({counts['sft_sample_ties']} gold ties left out)")

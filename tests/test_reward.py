@@ -164,6 +164,15 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     again, _ = label_sft_samples(policy, tokenizer, prompts, pairs=30, annotators=(1e-9, 0.0), max_new_tokens=24,
                                  batch_size=16, seed=0)
     assert again == columns  # seeded: a resumed run trains on the same pairs
+    # More pairs than distinct prompts: round the prompts again, with fresh samples.
+    few = prompts[:40]
+    distinct = len({repr(p) for p in few})
+    more, counts = label_sft_samples(policy, tokenizer, few, pairs=distinct * 2 + 3, annotators=(1e-9, 0.0),
+                                     max_new_tokens=24, batch_size=16, seed=0)
+    assert counts["sft_sample_prompts"] == distinct and counts["sft_sample_samples"] == 2 * (distinct * 2 + 3)
+    assert counts["sft_sample_pairs"] + counts["sft_sample_ties"] == distinct * 2 + 3
+    per_prompt = [sum(repr(p) == repr(q) for q in more["prompt"]) for p in more["prompt"]]
+    assert max(per_prompt) <= 3 and len(set(map(repr, more["prompt"]))) <= distinct
 
 
 def test_reward_stage_adds_sft_sample_pairs(smoke_sft, tmp_path):
