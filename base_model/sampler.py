@@ -242,6 +242,7 @@ def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_to
     # Rotary position of the first new token = the real tokens before it; one more per step.
     cos, sin = decoder.rotary(real.sum(-1), max_new_tokens)
     rows = torch.arange(B, device=device)  # the output row of each row still decoded
+    K = model.config.num_key_value_heads
     steps = 0
     for step in range(max_new_tokens):
         token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
@@ -259,9 +260,7 @@ def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_to
             # drop them, so the remaining steps cost what the unfinished rows need.
             keep = (~done).nonzero().squeeze(1)
             decoder.cache.keep_rows(keep)
-            rows, done, token, logits = rows[keep], done[keep], token[keep], logits[keep]
-            cos, sin = cos[keep], sin[keep]
-            K = model.config.num_key_value_heads
+            rows, done, token, cos, sin = rows[keep], done[keep], token[keep], cos[keep], sin[keep]
             bias = bias.view(-1, K, 1, bias.shape[-1])[keep].view(-1, 1, bias.shape[-1])
         logits = decoder.step(token, cos[:, step], sin[:, step], bias[:, :, : P + step + 1] if padded else None)
     return torch.cat([input_ids, out[:, :steps]], dim=1)
