@@ -105,7 +105,6 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
 
     `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
     """
-
     from alignment.common import (
         build_evaluator,
         causal_lm_peft_config,

@@ -7,8 +7,12 @@ thing with as few tensor operations per token as it can:
 
 - keys and values live in one preallocated buffer per layer, written in place at each position;
 - q, k, v come from one fused matmul, gate and up from another (weights concatenated once per call);
-- rotary cos/sin are a table looked up by position; padding is a boolean row per sequence;
-- grouped-query attention goes to SDPA as is (`enable_gqa`), without copying K/V per head.
+- each RMSNorm weight and the rotary half-rotation are folded into the matmul weights;
+- rotary cos/sin are a table looked up by position; padding is an additive bias row per sequence;
+- grouped-query attention without copying K/V per head (SDPA's `enable_gqa` at small batches,
+  two batched matmuls from batch 16);
+- rows that have ended their turn leave the batch, so a batch does not run at full width until its
+  longest answer ends.
 
 The arithmetic is the model's (`model.py`): same RMSNorm, rotary convention and SwiGLU, so greedy
 tokens equal `generate`'s (tests/test_sampler.py checks it, and the sampled distribution too).

@@ -4,9 +4,9 @@ Prompts are rendered with the tokenizer's chat template (plus the assistant head
 into batches, and generated until end of turn or `max_new_tokens`. Each answer records whether the
 model ended its turn itself, which the gold reward needs and the decoded text cannot show.
 
-Our own GPTForCausalLM generates through the lab's fast sampler (`base_model/sampler.py`: same
-tokens greedily, same distribution when sampling, several times faster on a CPU); any other model
-(a PEFT-wrapped policy, a foreign checkpoint) through transformers' `generate`.
+Our own GPTForCausalLM's `generate` runs these plain calls on the lab's fast sampler
+(`base_model/sampler.py`: same tokens greedily, same distribution when sampling, several times
+faster on a CPU); any other model (a PEFT-wrapped policy, a foreign checkpoint) on transformers' own.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from base_model.sampler import fast_path_ok, sample
 
 
 @dataclass
@@ -51,7 +49,6 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, do_
     # top_k=0 turns top-k off; None would let transformers 5 fall back to its default of 50.
     sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if do_sample \
         else dict(do_sample=False)
-    generate = (lambda **kw: sample(model, **kw)) if fast_path_ok(model) else model.generate
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(rendered), batch_size):
@@ -59,8 +56,8 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, do_
             width = max(map(len, rows))
             input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
             attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
-            out = generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                           eos_token_id=eos, pad_token_id=pad, **sampling)
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                 eos_token_id=eos, pad_token_id=pad, **sampling)
             for new in out[:, width:].tolist():
                 ended = eos in new
                 new = new[:new.index(eos) + 1] if ended else new

@@ -58,8 +58,7 @@ def _read_hub(name: str, split: str, config) -> Rows:
 
 def fingerprint(source, *, split=None, config=None) -> str:
     """A short stable hash of the data: file contents for local data, the name, config and split
-    for a hub dataset, kind/size/seed, generator version and
-    the sizes behind that kind for the world."""
+    for a hub dataset, kind/size/seed, generator version and the sizes behind that kind for the world."""
     from ..world import GENERATOR_VERSION, SIZES, size_key
 
     source = str(source)

@@ -1,9 +1,9 @@
 """World sources: `world:<kind>?size=<size>&seed=<seed>`, generated on first use and cached.
 
 The cache lives in `$RLHF_LAB_CACHE` (default `~/.cache/rlhf-lab`) under
-`world/v<generator version>/<size>-<size key>-seed<seed>/<kind>/`
-(the size key hashes the sizes the kind depends on, so changing a size never reuses a stale cache). A kind is generated into a temporary
-directory beside its final place and renamed into it, so a second process either sees no
+`world/v<generator version>/<size>-<size key>-seed<seed>/<kind>/`; the size key hashes the sizes
+the kind depends on, so changing a size never reuses a stale cache. A kind is generated into a
+temporary directory beside its final place and renamed into it, so a second process either sees no
 directory or a complete one; if two processes race, the loser discards its copy.
 """
 

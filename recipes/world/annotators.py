@@ -25,7 +25,8 @@ class Label:
 
 def sigmoid(x: float) -> float:
     if x < 0:  # the stable form: exp of a large positive number would overflow
-        return math.exp(x) / (1.0 + math.exp(x))
+        e = math.exp(x)
+        return e / (1.0 + e)
     return 1.0 / (1.0 + math.exp(-x))
 
 
