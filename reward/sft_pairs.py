@@ -8,6 +8,14 @@ score. So the reward stage can add `sft_sample_pairs` pairs: two answers sampled
 for each distinct training prompt in turn (going round the prompts again, with fresh samples, when
 more pairs are asked for than there are prompts), scored with the gold reward, labelled with the same
 Bradley-Terry noise and flips as the world's annotators. Gold ties carry no order and are skipped.
+
+Pairs of answers to the same prompt say nothing about how good one prompt's answers are against
+another's: the Bradley-Terry loss is blind to a constant added to every answer of a prompt, so each
+task family's rewards settle on an offset of their own and a correct sum can score below a weak
+story. `sft_sample_cross_pairs` adds pairs of the same sampled answers to two different prompts,
+labelled alike (the annotator judges which conversation went better), which put every prompt's
+rewards on one scale.
+
 An answer cut off before its end of turn keeps its gold penalty and is rendered without the
 end-of-turn marker, which is why the pairs go to the trainer as token ids (`to_token_ids`).
 """
@@ -40,10 +48,12 @@ def distinct_prompts(prompts, limit: int) -> list:
 
 def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tuple[float, float],
                       max_new_tokens: int, temperature: float = 1.0, batch_size: int = 32,
-                      seed: int = 0) -> tuple[dict[str, list], dict[str, float]]:
-    """Up to `pairs` labelled pairs of SFT answers to distinct `prompts`, in TRL's conversational shape.
+                      seed: int = 0, cross_pairs: int = 0) -> tuple[dict[str, list], dict[str, float]]:
+    """Up to `pairs` labelled pairs of SFT answers to distinct `prompts`, in TRL's conversational shape,
+    then up to `cross_pairs` pairs of those answers to two different prompts.
 
-    Returns (columns prompt/chosen/rejected/gold_chosen/gold_rejected, counts for the manifest).
+    Returns (columns prompt_chosen/prompt_rejected/chosen/rejected/gold_chosen/gold_rejected/ended_*,
+    counts for the manifest).
     """
     from recipes.generation import as_messages, generate_answers
     from recipes.world import gold_reward
@@ -56,27 +66,37 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
                                temperature=temperature, batch_size=batch_size, seed=seed)
     rng = random.Random(f"sft-sample-labels/{seed}")
     temperature_bt, flip_rate = annotators
-    columns = {name: [] for name in ("prompt", "chosen", "rejected", "gold_chosen", "gold_rejected",
-                                     "ended_chosen", "ended_rejected")}
-    ties = unended = 0
-    for i, prompt in enumerate(asked):
-        a, b = answers[2 * i], answers[2 * i + 1]
-        gold_a, gold_b = gold_reward(prompt, a.text, ended=a.ended).total, gold_reward(prompt, b.text, ended=b.ended).total
-        if gold_a == gold_b:
-            ties += 1
-            continue
-        if not label(gold_a, gold_b, rng, temperature_bt, flip_rate).a_preferred:
-            a, b, gold_a, gold_b = b, a, gold_b, gold_a
-        columns["prompt"].append(as_messages(prompt))
-        columns["chosen"].append([{"role": "assistant", "content": a.text}])
-        columns["rejected"].append([{"role": "assistant", "content": b.text}])
-        columns["gold_chosen"].append(gold_a)
-        columns["gold_rejected"].append(gold_b)
-        columns["ended_chosen"].append(a.ended)
-        columns["ended_rejected"].append(b.ended)
-        unended += (not a.ended) + (not b.ended)
-    counts = {"sft_sample_prompts": len(unique), "sft_sample_samples": len(doubled), "sft_sample_pairs": len(columns["prompt"]),
-              "sft_sample_ties": ties, "sft_sample_unended_answers": unended}
+    golds = [gold_reward(p, a.text, ended=a.ended).total for p, a in zip(doubled, answers)]
+    columns = {name: [] for name in ("prompt_chosen", "prompt_rejected", "chosen", "rejected", "gold_chosen",
+                                     "gold_rejected", "ended_chosen", "ended_rejected")}
+
+    def add(i: int, j: int) -> bool:
+        """Label answers i and j (indices into `doubled`); False for a gold tie, which is left out."""
+        if golds[i] == golds[j]:
+            return False
+        if not label(golds[i], golds[j], rng, temperature_bt, flip_rate).a_preferred:
+            i, j = j, i
+        for side, k in (("chosen", i), ("rejected", j)):
+            columns[f"prompt_{side}"].append(as_messages(doubled[k]))
+            columns[side].append([{"role": "assistant", "content": answers[k].text}])
+            columns[f"gold_{side}"].append(golds[k])
+            columns[f"ended_{side}"].append(answers[k].ended)
+        return True
+
+    ties = sum(not add(2 * i, 2 * i + 1) for i in range(len(asked)))
+    same_prompt = len(columns["chosen"])
+    cross_ties = 0
+    if cross_pairs and len(unique) > 1:
+        for _ in range(cross_pairs):
+            i = rng.randrange(len(doubled))
+            j = rng.randrange(len(doubled))
+            while repr(doubled[j]) == repr(doubled[i]):
+                j = rng.randrange(len(doubled))
+            cross_ties += not add(i, j)
+    unended = sum(not e for e in columns["ended_chosen"] + columns["ended_rejected"])
+    counts = {"sft_sample_prompts": len(unique), "sft_sample_samples": len(doubled), "sft_sample_pairs": same_prompt,
+              "sft_sample_ties": ties, "sft_sample_cross_pairs": len(columns["chosen"]) - same_prompt,
+              "sft_sample_cross_ties": cross_ties, "sft_sample_unended_answers": unended}
     return columns, counts
 
 
@@ -84,7 +104,10 @@ def to_token_ids(tokenizer, columns: dict[str, list]) -> dict[str, list]:
     """chosen_ids/rejected_ids as TRL's RewardTrainer renders pairs itself, cut-off answers left open."""
     from reward.evaluate import render
 
-    n = len(columns["prompt"])
-    ended = {side: columns.get(f"ended_{side}", [True] * n) for side in ("chosen", "rejected")}
-    return {f"{side}_ids": [render(tokenizer, p, a, e) for p, a, e in zip(columns["prompt"], columns[side], ended[side])]
-            for side in ("chosen", "rejected")}
+    n = len(columns["chosen"])
+    ids = {}
+    for side in ("chosen", "rejected"):
+        prompts = columns.get(f"prompt_{side}", columns.get("prompt"))  # a shared prompt, or one per side
+        ended = columns.get(f"ended_{side}", [True] * n)
+        ids[f"{side}_ids"] = [render(tokenizer, p, a, e) for p, a, e in zip(prompts, columns[side], ended)]
+    return ids

@@ -60,6 +60,10 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
         default=0, metadata={"help": "Also train on this many pairs of the SFT model's own answers to training "
                              "prompts, labelled by the world's simulated annotators (world data only; see "
                              "reward/sft_pairs.py). 0: the preference data alone."})
+    sft_sample_cross_pairs: int = dataclasses.field(
+        default=0, metadata={"help": "Also pair those sampled answers across two different prompts, this many "
+                             "times, labelled alike: puts every prompt's rewards on one scale, which pairs to the "
+                             "same prompt cannot (see reward/sft_pairs.py). Needs sft_sample_pairs."})
     sft_sample_max_new_tokens: int = dataclasses.field(
         default=160, metadata={"help": "Most tokens per sampled answer for sft_sample_pairs."})
     annotator_bt_temperature: float | None = dataclasses.field(
@@ -88,8 +92,12 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
             import torch
 
             self.activation_checkpointing = torch.cuda.is_available()
-        if self.sft_sample_pairs < 0:
-            raise ValueError(f"key 'sft_sample_pairs' must be 0 or more, got {self.sft_sample_pairs}")
+        for key in ("sft_sample_pairs", "sft_sample_cross_pairs"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"key '{key}' must be 0 or more, got {getattr(self, key)}")
+        if self.sft_sample_cross_pairs and not self.sft_sample_pairs:
+            raise ValueError("key 'sft_sample_cross_pairs' pairs the answers that sft_sample_pairs samples; "
+                             "set sft_sample_pairs above 0 too")
         for key in ("eval_num_prompts", "eval_samples_per_prompt", "eval_max_new_tokens", "lora_r",
                     "sft_sample_max_new_tokens"):
             if getattr(self, key) <= 0:
@@ -316,10 +324,12 @@ def add_sft_sample_pairs(config: RewardStageConfig, train_pairs, policy, tokeniz
     columns, counts = label_sft_samples(
         policy, tokenizer, train_pairs["prompt"], pairs=config.sft_sample_pairs, annotators=annotators,
         max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.eval_temperature,
-        batch_size=PAIR_SAMPLING_BATCH, seed=config.seed)
+        batch_size=PAIR_SAMPLING_BATCH, seed=config.seed, cross_pairs=config.sft_sample_cross_pairs)
     run.update(data={**(run.manifest() or {}).get("data", {}), **counts})
+    cross = (f", and {counts['sft_sample_cross_pairs']} pairs across prompts ({counts['sft_sample_cross_ties']} ties)"
+             if config.sft_sample_cross_pairs else "")
     print(f"labelled {counts['sft_sample_pairs']} pairs of SFT answers to {counts['sft_sample_prompts']} training "
-          f"prompts ({counts['sft_sample_ties']} gold ties left out)")
+          f"prompts ({counts['sft_sample_ties']} gold ties left out){cross}")
     # As token ids, so that cut-off answers stay open (see reward/sft_pairs.py); TRL takes them as they are.
     ids = to_token_ids(tokenizer, train_pairs.to_dict())
     extra = to_token_ids(tokenizer, columns)

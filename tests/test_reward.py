@@ -71,6 +71,13 @@ def test_reward_rejects_output_dir(tmp_path, capsys):
     assert "output_dir" in capsys.readouterr().err
 
 
+def test_cross_prompt_pairs_without_sft_sample_pairs_say_what_to_set(tmp_path, capsys):
+    assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(tmp_path),
+                     "--sft_sample_pairs", "0", "--sft_sample_cross_pairs", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sft_sample_cross_pairs" in err[0] and "sft_sample_pairs above 0" in err[0], err
+
+
 def events(tb_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -134,7 +141,7 @@ def test_easy_split_accuracy_clearly_above_chance(smoke_sft, tmp_path):
 def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     """Pairs of the SFT model's own answers: gold scores attached (a cut-off answer charged), ties left
     out, cut-off answers rendered without the end of turn, and with noiseless annotators every label
-    follows the gold order."""
+    follows the gold order; pairs across prompts pair two different prompts' answers, labelled alike."""
     import base_model  # noqa: F401
     from transformers import AutoModelForCausalLM
 
@@ -147,22 +154,32 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     tokenizer = load_tokenizer(str(smoke_sft / "model"))
     prompts = list(load_prompts("world:preferences?size=smoke")["prompt"])
     columns, counts = label_sft_samples(policy, tokenizer, prompts + prompts[:5], pairs=30, annotators=(1e-9, 0.0),
-                                        max_new_tokens=24, batch_size=16, seed=0)
+                                        max_new_tokens=24, batch_size=16, seed=0, cross_pairs=25)
     assert counts["sft_sample_prompts"] == 30  # distinct prompts: the repeated five count once
     assert counts["sft_sample_pairs"] + counts["sft_sample_ties"] == 30
-    assert counts["sft_sample_pairs"] == len(columns["prompt"]) > 0
-    for prompt, chosen, rejected, gc, gr, ec, er in zip(*(columns[k] for k in (
-            "prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "ended_chosen", "ended_rejected"))):
+    assert counts["sft_sample_cross_pairs"] + counts["sft_sample_cross_ties"] == 25
+    same = counts["sft_sample_pairs"]
+    assert same > 0 and counts["sft_sample_cross_pairs"] > 0
+    assert len(columns["chosen"]) == same + counts["sft_sample_cross_pairs"]
+    rows = list(zip(*(columns[k] for k in ("prompt_chosen", "prompt_rejected", "chosen", "rejected", "gold_chosen",
+                                            "gold_rejected", "ended_chosen", "ended_rejected"))))
+    for n, (pc, pr, chosen, rejected, gc, gr, ec, er) in enumerate(rows):
+        assert (pc == pr) == (n < same)  # the same prompt first, then two different ones
         assert gc > gr  # noiseless annotators follow gold
-        assert gold_reward(prompt, chosen[0]["content"], ended=ec).total == gc
-        assert gold_reward(prompt, rejected[0]["content"], ended=er).total == gr
+        assert gold_reward(pc, chosen[0]["content"], ended=ec).total == gc
+        assert gold_reward(pr, rejected[0]["content"], ended=er).total == gr
     ids = to_token_ids(tokenizer, columns)
     for i, ended in enumerate(columns["ended_chosen"]):
         assert (ids["chosen_ids"][i][-1] == tokenizer.eos_token_id) == ended or \
             (ended and ids["chosen_ids"][i][-2] == tokenizer.eos_token_id)  # a template may add a newline after it
         assert ended or tokenizer.eos_token_id not in ids["chosen_ids"][i][-3:]
+    from reward.evaluate import render
+
+    for side in ("chosen", "rejected"):  # a pair across prompts renders each side with its own prompt
+        assert ids[f"{side}_ids"][same] == render(tokenizer, columns[f"prompt_{side}"][same], columns[side][same],
+                                                  columns[f"ended_{side}"][same])
     again, _ = label_sft_samples(policy, tokenizer, prompts, pairs=30, annotators=(1e-9, 0.0), max_new_tokens=24,
-                                 batch_size=16, seed=0)
+                                 batch_size=16, seed=0, cross_pairs=25)
     assert again == columns  # seeded: a resumed run trains on the same pairs
     # More pairs than distinct prompts: round the prompts again, with fresh samples.
     few = prompts[:40]
@@ -171,18 +188,20 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
                                      max_new_tokens=24, batch_size=16, seed=0)
     assert counts["sft_sample_prompts"] == distinct and counts["sft_sample_samples"] == 2 * (distinct * 2 + 3)
     assert counts["sft_sample_pairs"] + counts["sft_sample_ties"] == distinct * 2 + 3
-    per_prompt = [sum(repr(p) == repr(q) for q in more["prompt"]) for p in more["prompt"]]
-    assert max(per_prompt) <= 3 and len(set(map(repr, more["prompt"]))) <= distinct
+    assert counts["sft_sample_cross_pairs"] == 0 and more["prompt_chosen"] == more["prompt_rejected"]
+    per_prompt = [sum(repr(p) == repr(q) for q in more["prompt_chosen"]) for p in more["prompt_chosen"]]
+    assert max(per_prompt) <= 3 and len(set(map(repr, more["prompt_chosen"]))) <= distinct
 
 
 def test_reward_stage_adds_sft_sample_pairs(smoke_sft, tmp_path):
     assert rlhf_lab(["reward", "--config", REWARD_YAML, "--runs_root", str(tmp_path), "--recipe", "onpolicy",
                      "--model_name_or_path", str(smoke_sft / "model"), "--sft_sample_pairs", "40",
-                     "--sft_sample_max_new_tokens", "24", "--max_steps", "4", "--eval_strategy", "no",
+                     "--sft_sample_cross_pairs", "30", "--sft_sample_max_new_tokens", "24", "--max_steps", "4", "--eval_strategy", "no",
                      "--save_strategy", "no", "--eval_num_prompts", "4"]) == 0
     manifest = json.loads((tmp_path / "onpolicy" / "reward" / "manifest.json").read_text())
     data = manifest["data"]
     assert data["sft_sample_prompts"] == 40 and 0 < data["sft_sample_pairs"] <= 40
+    assert 0 < data["sft_sample_cross_pairs"] <= 30
     assert manifest["status"] == "finished"
 
 
