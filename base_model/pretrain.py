@@ -82,9 +82,6 @@ class PretrainConfig(RunArguments):
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     bf16: bool = dataclasses.field(default=False, metadata={"help": "bf16 autocast for forward and backward."})
-    torch_compile: bool = dataclasses.field(
-        default=False, metadata={"help": "Compile the training forward pass with torch.compile (Inductor); costs "
-                                 "tens of seconds once, then fused elementwise kernels (README, Performance)."})
     seed: int = 42
     # Evaluation, logging and checkpoints.
     logging_steps: int = 10
@@ -118,10 +115,6 @@ class PretrainConfig(RunArguments):
         if self.max_length > self.max_position_embeddings:
             raise ValueError(f"key 'max_length' ({self.max_length}) exceeds max_position_embeddings "
                              f"({self.max_position_embeddings})")
-        if self.torch_compile and not torch.cuda.is_available() and not any(
-                shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
-            raise ValueError("key 'torch_compile': on a CPU torch.compile builds C++ kernels, and no C++ compiler "
-                             "(g++, c++ or clang++) is on PATH; install one or set torch_compile false")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,9 +349,6 @@ def main(config: PretrainConfig) -> dict:
     tokens_per_step = (config.per_device_train_batch_size * config.max_length
                        * config.gradient_accumulation_steps * accelerator.num_processes)
     unwrapped = accelerator.unwrap_model(model)
-    # Only the training step is compiled: its shapes never change, so it compiles once; evaluation and
-    # sampling stay eager and checkpoints hold the plain module (the compiled one shares its weights).
-    train_model = torch.compile(model) if config.torch_compile else model
 
     def log_eval(at_step: int) -> float:
         loss = evaluate(model, accelerator, val_stream, config)
@@ -381,7 +371,7 @@ def main(config: PretrainConfig) -> dict:
                                  step_seed(config.seed, step, micro, accelerator.process_index)).to(accelerator.device)
             last = micro == config.gradient_accumulation_steps - 1
             with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
-                loss = train_model(input_ids=batch, labels=batch).loss / config.gradient_accumulation_steps
+                loss = model(input_ids=batch, labels=batch).loss / config.gradient_accumulation_steps
                 accelerator.backward(loss)
             loss_sum += loss.detach().float()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
