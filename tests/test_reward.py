@@ -217,3 +217,13 @@ def test_sft_sample_pairs_need_world_prompts(smoke_sft, tmp_path, capsys):
                      "--sft_sample_pairs", "4", "--eval_num_prompts", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sft_sample_pairs" in err[0] and "no world family" in err[0], err
+
+
+def test_summary_line_does_not_round_a_miss_into_the_target():
+    from types import SimpleNamespace
+
+    from reward.train import summary_line
+
+    line = summary_line({"accuracy": 0.655, "noise_ceiling": 0.7317, "accuracy_of_ceiling": 0.8952},
+                        SimpleNamespace(model_dir="runs/x/reward/model"))
+    assert "89.5% of the noise ceiling 0.732" in line and "90%" not in line, line
