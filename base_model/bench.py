@@ -2,6 +2,7 @@
 
     rlhf-lab bench                       # ~1M and ~10M parameters, writes bench.json
     rlhf-lab bench --quick               # a tiny model, seconds (what the tests run)
+    rlhf-lab bench --device cuda --sizes 124M --batch 16 --seq_len 1024 --dtypes bf16   # GPT-2 small on a GPU
 
 Everything is measured in the same run, on the same machine at the same moment, and reported as
 ratios, because absolute CPU timings move with every other process on the machine:
@@ -21,6 +22,10 @@ ratios, because absolute CPU timings move with every other process on the machin
 The models are random-initialised with their blocks scaled up and the final norm sharpened, so that
 greedy text is not one repeated token and argmax decisions are not near-ties between the two
 implementations' rounding.
+
+On a GPU (`--device cuda`) the same figures are taken with the device synchronised before each clock
+read; memory is the CUDA allocator's peak above what was allocated before; `--compile` wraps both
+models in `torch.compile` for the training rows.
 """
 
 from __future__ import annotations
@@ -39,12 +44,15 @@ SIZES = {  # the name is the rough parameter count; the exact one is in the JSON
     "tiny": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "1M": dict(vocab_size=1024, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
     "10M": dict(vocab_size=1024, hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2),
+    # GPT-2 small's shape (12 x 768, 12 heads, vocab padded to 50304); a GPU size, not a CPU one
+    "124M": dict(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
 }
 QUICK = dict(sizes="tiny", batch=4, seq_len=32, reps=2, gen_batches="1,4", new_tokens=16, peak_size=256)
 PEAK_SIZE = 1024  # square matmul for the peak: large enough to be compute-bound, quick enough to repeat
+GPU_PEAK_SIZE = 8192  # a GPU needs a far larger product to fill its matrix units
 
 
-def build_pair(size: str, seed: int = 0):
+def build_pair(size: str, seed: int = 0, device: str = "cpu"):
     """(ours, llama): our GPTForCausalLM and its LlamaForCausalLM export, same weights, in train mode."""
     import torch
 
@@ -59,12 +67,28 @@ def build_pair(size: str, seed: int = 0):
             if any(key in name for key in ("o_proj", "up_proj", "down_proj")):
                 p.mul_(10)  # a fresh init barely moves the residual stream; the tied head would repeat the input
         ours.model.norm.weight.mul_(10)
-    return ours, to_llama(ours)
+    return ours.to(device), to_llama(ours).to(device)
 
 
-def peak_bytes(fn) -> int:
-    """Peak of tensor bytes PyTorch allocates while fn() runs, above what was live before (profiler events)."""
+def _sync(device: str):
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def peak_bytes(fn, device: str = "cpu") -> int:
+    """Peak of tensor bytes PyTorch allocates while fn() runs, above what was live before (profiler
+    events on the CPU, the caching allocator's statistics on a GPU)."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
@@ -75,36 +99,40 @@ def peak_bytes(fn) -> int:
     return peak
 
 
-def _median_rates(steps: dict, tokens: int, reps: int) -> dict:
+def _median_rates(steps: dict, tokens: int, reps: int, sync=lambda: None) -> dict:
     """Interleave the timed callables (order reversed every repetition); median tokens/s of each."""
     times = {name: [] for name in steps}
     names = list(steps)
     for rep in range(reps):
         for name in names if rep % 2 == 0 else names[::-1]:
+            sync()
             start = time.perf_counter()
             steps[name]()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: tokens / statistics.median(t) for name, t in times.items()}
 
 
-def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int) -> dict:
+def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int, device: str = "cpu",
+                   compile: bool = False) -> dict:
     import contextlib
 
     import torch
 
     from .flops import flops_per_token
 
-    ours, llama = build_pair(size)
+    ours, llama = build_pair(size, device=device)
     cfg = ours.config
-    x = torch.randint(1, cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(1))
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    x = torch.randint(1, cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(1)).to(device)
+    autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
 
     def trainer(model):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        forward = torch.compile(model) if compile else model
 
         def step():
             with autocast():
-                loss = model(input_ids=x, labels=x, use_cache=False).loss
+                loss = forward(input_ids=x, labels=x, use_cache=False).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -115,9 +143,9 @@ def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int) -
     with torch.no_grad(), autocast():  # same weights, so the same loss before any step
         loss_diff = abs(ours(input_ids=x, labels=x).loss.item() - llama(input_ids=x, labels=x).loss.item())
     steps = {"ours": trainer(ours), "llama": trainer(llama)}
-    for step in steps.values():  # warm up: allocator, kernels, optimizer state
+    for step in steps.values():  # warm up: allocator, kernels, optimizer state (and compilation)
         step(), step()
-    rates = _median_rates(steps, batch * seq_len, reps)
+    rates = _median_rates(steps, batch * seq_len, reps, _sync(device))
     n_params = sum(p.numel() for p in ours.parameters())
     flops = flops_per_token(n_params, cfg.num_hidden_layers, cfg.hidden_size, seq_len)
     return {
@@ -125,17 +153,17 @@ def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int) -
         "ours_tokens_per_s": rates["ours"], "llama_tokens_per_s": rates["llama"],
         "ratio": rates["ours"] / rates["llama"],
         "ours_flops_per_s": rates["ours"] * flops, "llama_flops_per_s": rates["llama"] * flops,
-        "ours_peak_bytes": peak_bytes(steps["ours"]), "llama_peak_bytes": peak_bytes(steps["llama"]),
-        "initial_loss_diff": loss_diff,
+        "ours_peak_bytes": peak_bytes(steps["ours"], device), "llama_peak_bytes": peak_bytes(steps["llama"], device),
+        "initial_loss_diff": loss_diff, "compiled": compile,
     }
 
 
-def bench_generation(size: str, batch: int, new_tokens: int, reps: int) -> dict:
+def bench_generation(size: str, batch: int, new_tokens: int, reps: int, device: str = "cpu") -> dict:
     import torch
 
     from .sampler import sample
 
-    ours, llama = build_pair(size)
+    ours, llama = build_pair(size, device=device)
     ours.eval(), llama.eval()
     g = torch.Generator().manual_seed(2)
     lengths = [16 - (row * 7) % 9 for row in range(batch)]  # 8..16 tokens, left-padded to 16
@@ -144,6 +172,7 @@ def bench_generation(size: str, batch: int, new_tokens: int, reps: int) -> dict:
     for row, n in enumerate(lengths):
         ids[row, 16 - n:] = torch.randint(1, ours.config.vocab_size, (n,), generator=g)
         mask[row, 16 - n:] = 1
+    ids, mask = ids.to(device), mask.to(device)
     greedy = dict(max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0)
     outputs = {}
 
@@ -158,13 +187,14 @@ def bench_generation(size: str, batch: int, new_tokens: int, reps: int) -> dict:
                                                                     do_sample=False, **greedy))}
         for step in steps.values():
             step()
-        rates = _median_rates(steps, batch * new_tokens, reps)
+        rates = _median_rates(steps, batch * new_tokens, reps, _sync(device))
         result = {
             "size": size, "batch": batch, "new_tokens": new_tokens,
             "ours_tokens_per_s": rates["ours"], "generate_tokens_per_s": rates["generate"],
             "ratio": rates["ours"] / rates["generate"],
             "tokens_match": outputs["ours"].tolist() == outputs["generate"].tolist(),
-            "ours_peak_bytes": peak_bytes(steps["ours"]), "generate_peak_bytes": peak_bytes(steps["generate"]),
+            "ours_peak_bytes": peak_bytes(steps["ours"], device),
+            "generate_peak_bytes": peak_bytes(steps["generate"], device),
         }
     return result
 
@@ -173,14 +203,20 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f}"
 
 
+def _rate(flops: float) -> str:
+    return f"{flops / 1e12:.1f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.0f} GFLOP/s"
+
+
 def print_table(report: dict) -> None:
     peak = report["matmul_peak_flops"]
-    print(f"threads {report['machine']['threads']}, load average {report['machine']['load_average_start']} "
-          f"-> {report['machine']['load_average_end']}; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    machine = report["machine"]
+    where = machine.get("gpu") or f"threads {machine['threads']}"
+    print(f"{where}, load average {machine['load_average_start']} -> {machine['load_average_end']}; "
+          + ", ".join(f"matmul peak {dtype} {_rate(flops)}" for dtype, flops in peak.items()))
     print("\ntraining step (fwd+bwd+AdamW)   ours tok/s  llama tok/s  ratio  MFU ours  MFU llama  peak MiB ours/llama")
     for r in report["train"]:
-        print(f"  {r['size']:>4} {r['dtype']:<5} ({r['params'] / 1e6:5.2f}M)     {r['ours_tokens_per_s']:10.0f}  "
+        label = r["dtype"] + ("+c" if r.get("compiled") else "")
+        print(f"  {r['size']:>4} {label:<7} ({r['params'] / 1e6:6.2f}M)  {r['ours_tokens_per_s']:10.0f}  "
               f"{r['llama_tokens_per_s']:11.0f}  {r['ratio']:5.2f}  {r['ours_mfu']:8.1%}  {r['llama_mfu']:9.1%}  "
               f"{_mib(r['ours_peak_bytes'])}/{_mib(r['llama_peak_bytes'])}")
     print("\ngeneration (greedy)             ours tok/s  generate tok/s  ratio  same tokens  peak MiB ours/generate")
@@ -190,7 +226,8 @@ def print_table(report: dict) -> None:
               f"{_mib(r['ours_peak_bytes'])}/{_mib(r['generate_peak_bytes'])}")
 
 
-def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, threads, dtypes=("fp32", "bf16")):
+def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, threads, dtypes=("fp32", "bf16"),
+              device="cpu", compile=False):
     import torch
     import transformers
 
@@ -201,6 +238,7 @@ def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, t
     report = {
         "machine": {
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "load_average_start": [round(v, 2) for v in os.getloadavg()],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -209,17 +247,22 @@ def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, t
     }
     # The peak is measured again before every training row and the best figure kept: a single short
     # measurement taken while another process holds a core would understate it and overstate MFU.
-    peaks = {dtype: 0.0 for dtype in ("fp32", "bf16")}
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {dtype: 0.0 for dtype in dtypes}
+
+    def measure_peak(dtype):
+        peaks[dtype] = max(peaks[dtype], measure_matmul_peak(torch_dtype[dtype], size=peak_size, seconds=1.0,
+                                                             device=device))
+
     for size in sizes:
         for dtype in dtypes:
-            peaks[dtype] = max(peaks[dtype], measure_matmul_peak(torch_dtype[dtype], size=peak_size, seconds=1.0))
-            report["train"].append(bench_training(size, dtype, batch, seq_len, reps))
+            measure_peak(dtype)
+            report["train"].append(bench_training(size, dtype, batch, seq_len, reps, device, compile))
         for b in gen_batches:
-            report["generate"].append(bench_generation(size, b, new_tokens, reps))
-    for dtype in ("fp32", "bf16"):
+            report["generate"].append(bench_generation(size, b, new_tokens, reps, device))
+    for dtype in dtypes:
         if peaks[dtype] == 0.0:
-            peaks[dtype] = measure_matmul_peak(torch_dtype[dtype], size=peak_size, seconds=1.0)
+            measure_peak(dtype)
     report["matmul_peak_flops"] = peaks
     for row in report["train"]:
         row["ours_mfu"] = row["ours_flops_per_s"] / peaks[row["dtype"]]
@@ -247,6 +290,14 @@ def _size_list(text: str) -> list[str]:
     return sizes
 
 
+def _dtype_list(text: str) -> list[str]:
+    dtypes = text.split(",")
+    unknown = [d for d in dtypes if d not in ("fp32", "bf16")]
+    if unknown or not dtypes:
+        raise UserError(f"--dtypes: unknown dtype {unknown[0]!r}; expected fp32, bf16 or both")
+    return dtypes
+
+
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-lab bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="bench.json", help="where to write the figures (default ./bench.json)")
@@ -258,9 +309,13 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--gen_batches", type=_int_list, help="generation batch sizes (default 1,8,64)")
     parser.add_argument("--new_tokens", type=int, help="tokens generated per row (default 128)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--dtypes", type=_dtype_list, default=["fp32", "bf16"],
+                        help="training dtypes, comma-separated, of fp32, bf16 (default both)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models for the training rows")
     args = parser.parse_args(argv)
     defaults = dict(sizes="1M,10M", batch=16, seq_len=256, reps=5, gen_batches="1,8,64", new_tokens=128,
-                    peak_size=PEAK_SIZE)
+                    peak_size=PEAK_SIZE if args.device == "cpu" else GPU_PEAK_SIZE)
     if args.quick:
         defaults.update(QUICK)
     pick = {k: getattr(args, k, None) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
@@ -271,12 +326,17 @@ def cli(argv: list[str]) -> int:
             raise UserError(f"--{key} must be at least 1, got {pick[key]}")
     if args.threads < 0:
         raise UserError(f"--threads must be positive (or 0 for torch's default), got {args.threads}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA device here; run on a machine with a GPU or use --device cpu")
     output = Path(args.output)
     if output.is_dir() or not output.parent.is_dir():
         raise UserError(f"--output {output}: expected a file path in an existing directory")
 
     report = run_bench(sizes, pick["batch"], pick["seq_len"], pick["reps"], gen_batches, pick["new_tokens"],
-                       pick["peak_size"], args.threads)
+                       pick["peak_size"], args.threads, args.dtypes, args.device, args.compile)
     output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     print(f"\nwrote {output}")

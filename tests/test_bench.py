@@ -8,7 +8,7 @@ from recipes.cli import main as rlhf_lab
 
 TRAIN_KEYS = {"size", "params", "dtype", "batch", "seq_len", "ours_tokens_per_s", "llama_tokens_per_s", "ratio",
               "ours_mfu", "llama_mfu", "ours_flops_per_s", "llama_flops_per_s", "ours_peak_bytes", "llama_peak_bytes",
-              "initial_loss_diff"}
+              "initial_loss_diff", "compiled"}
 GENERATE_KEYS = {"size", "batch", "new_tokens", "ours_tokens_per_s", "generate_tokens_per_s", "ratio",
                  "tokens_match", "ours_peak_bytes", "generate_peak_bytes"}
 
@@ -18,7 +18,8 @@ def test_bench_quick_writes_every_figure(tmp_path, capsys):
     assert rlhf_lab(["bench", "--quick", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["matmul_peak_flops"]["fp32"] > 0 and report["matmul_peak_flops"]["bf16"] > 0
-    assert {"threads", "torch", "transformers", "load_average_start", "load_average_end"} <= set(report["machine"])
+    assert {"threads", "gpu", "torch", "transformers", "load_average_start", "load_average_end"} <= set(report["machine"])
+    assert report["machine"]["gpu"] is None  # the default device is the CPU
     assert [(r["size"], r["dtype"]) for r in report["train"]] == [("tiny", "fp32"), ("tiny", "bf16")]
     for row in report["train"]:
         assert set(row) == TRAIN_KEYS
@@ -35,7 +36,17 @@ def test_bench_quick_writes_every_figure(tmp_path, capsys):
     assert "training step" in printed and "generation" in printed and str(out) in printed
 
 
+def test_bench_dtypes_picks_the_training_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    assert rlhf_lab(["bench", "--quick", "--dtypes", "bf16", "--gen_batches", "1", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["dtype"] for r in report["train"]] == ["bf16"]
+    assert list(report["matmul_peak_flops"]) == ["bf16"]
+    assert [r["batch"] for r in report["generate"]] == [1]
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--dtypes", "fp16"], "unknown dtype 'fp16'"),
     (["--sizes", "huge"], "unknown size 'huge'"),
     (["--gen_batches", "1,x"], "comma-separated positive integers"),
     (["--reps", "0"], "--reps must be at least 1"),
@@ -45,3 +56,10 @@ def test_bench_refuses_bad_input(argv, message, capsys):
     code = rlhf_lab(["bench", "--quick", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_bench_on_cuda_without_a_gpu_says_so(capsys):
+    assert rlhf_lab(["bench", "--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: torch sees no CUDA device" in err and "Traceback" not in err
