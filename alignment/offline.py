@@ -33,6 +33,18 @@ class OfflineArguments(TrainerDefaults):
         default=None,
         metadata={"help": "Pairs whose prompt plus answer exceed this many tokens are dropped. "
                   "Default: the model's context."})
+    sft_sample_pairs: int = dataclasses.field(
+        default=0,
+        metadata={"help": "Train on pairs of the SFT model's own answers instead of the dataset's: "
+                  "sft_samples_per_prompt answers to each of the dataset's first N distinct prompts, the "
+                  "reward model's best as chosen and worst as rejected (alignment/proxy_pairs.py). 0: the "
+                  "dataset's pairs."})
+    sft_samples_per_prompt: int = dataclasses.field(
+        default=4, metadata={"help": "Answers sampled per prompt for sft_sample_pairs (at least 2)."})
+    sft_sample_max_new_tokens: int = dataclasses.field(
+        default=128, metadata={"help": "Token limit of each sampled answer; answers cut off are left out."})
+    sft_sample_temperature: float = dataclasses.field(
+        default=1.0, metadata={"help": "Sampling temperature of the SFT answers for sft_sample_pairs."})
     logging_steps: float = 10
     save_steps: float = 200
 
@@ -41,6 +53,15 @@ class OfflineArguments(TrainerDefaults):
         self.apply_trainer_defaults(stage)
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"key 'max_length' must be a positive integer, got {self.max_length}")
+        if self.sft_sample_pairs < 0:
+            raise ValueError(f"key 'sft_sample_pairs' must be 0 (the dataset's pairs) or a positive number of "
+                             f"prompts, got {self.sft_sample_pairs}")
+        if self.sft_samples_per_prompt < 2:
+            raise ValueError(f"key 'sft_samples_per_prompt' must be at least 2 (a pair needs two answers), "
+                             f"got {self.sft_samples_per_prompt}")
+        if self.sft_sample_max_new_tokens < 1 or self.sft_sample_temperature <= 0:
+            raise ValueError("keys 'sft_sample_max_new_tokens' and 'sft_sample_temperature' must be positive, got "
+                             f"{self.sft_sample_max_new_tokens} and {self.sft_sample_temperature}")
         self.check_alignment_keys()
 
 
@@ -128,7 +149,21 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     max_length = resolve_max_length(config, policy)
     config = copy.copy(config)
     config.max_length = max_length  # config.yaml records the resolved value
-    pairs, dropped = drop_too_long(load_pairs(config), tokenizer, max_length)
+    pairs, sampled = load_pairs(config), {}
+    if config.sft_sample_pairs:
+        from alignment.proxy_pairs import distinct_prompts, proxy_ranked_pairs
+
+        prompts = distinct_prompts(pairs["prompt"], config.sft_sample_pairs)
+        print(f"sampling {config.sft_samples_per_prompt} SFT answers to each of {len(prompts)} prompts, "
+              f"ranked by the reward model")
+        pairs, sampled = proxy_ranked_pairs(
+            reference, reward_model, tokenizer, prompts, samples_per_prompt=config.sft_samples_per_prompt,
+            max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.sft_sample_temperature,
+            batch_size=config.eval_generation_batch_size, seed=config.seed)
+        if len(pairs) == 0:
+            raise UserError(f"key 'sft_sample_pairs': no prompt got two distinct finished SFT answers out of "
+                            f"{config.sft_samples_per_prompt}; raise sft_sample_max_new_tokens or sft_samples_per_prompt")
+    pairs, dropped = drop_too_long(pairs, tokenizer, max_length)
     if len(pairs) == 0:
         raise UserError(f"{config.dataset_name}: no preference pair of split '{config.dataset_train_split}' fits in "
                         f"max_length={max_length} tokens")
@@ -138,7 +173,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
 
     prompts = load_eval_prompts(config)
     run_dir = start_run(config, method, parents, data={
-        "pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows),
+        "pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows), **sampled,
         "eval_num_prompts": len(prompts), "eval_prompts_fingerprint": prompts_fingerprint(prompts)})
     route_trainer_events(run_dir)
     evaluator = build_evaluator(config, reference, tokenizer, reward_model)  # samples the SFT baseline answers

@@ -174,3 +174,62 @@ def test_kto_rows_are_the_pairs_unpaired_and_shuffled():
         i = row["prompt"][0]["content"][1:]
         assert row["completion"][0]["content"] == ("good" if row["label"] else "bad") + i
     assert rows["label"] != [True, False] * 6  # shuffled, not pair by pair
+
+
+def test_proxy_ranked_pairs_put_the_reward_models_best_answer_first(smoke_sft, smoke_reward):
+    from transformers import AutoTokenizer
+
+    from alignment.common import load_policy, load_reward_model
+    from alignment.proxy_pairs import proxy_ranked_pairs
+    from recipes.data import load_prompts
+    from reward import score
+
+    policy, _ = load_policy(smoke_sft / "model")
+    reward_model = load_reward_model(smoke_reward / "model")
+    tokenizer = AutoTokenizer.from_pretrained(str(smoke_sft / "model"))
+    prompts = load_prompts("world:preferences?size=smoke&seed=0")["prompt"][:24]
+    options = dict(samples_per_prompt=6, max_new_tokens=64, seed=3)  # the smoke model often runs on
+    pairs, counts = proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, **options)
+    assert counts["sft_sample_prompts"] == 24 and counts["sft_sample_answers"] == 144
+    assert 0 < len(pairs) == counts["sft_sample_pairs_built"] <= 24
+    shares = [counts[f"sft_sample_pairs_gold_{k}"] for k in ("agrees", "ties", "disagrees")]
+    assert abs(sum(shares) - 1) < 1e-9  # world prompts: every pair is put against the gold order
+    chosen = score(reward_model, tokenizer, pairs["prompt"], pairs["chosen"])
+    rejected = score(reward_model, tokenizer, pairs["prompt"], pairs["rejected"])
+    assert all(c > r for c, r in zip(chosen, rejected))
+    assert all(c != r for c, r in zip(pairs["chosen"], pairs["rejected"]))
+    assert abs(counts["sft_sample_mean_proxy_margin"] - sum(c - r for c, r in zip(chosen, rejected)) / len(pairs)) < 1e-4
+    again, _ = proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, **options)
+    assert again.to_dict() == pairs.to_dict()  # seeded
+
+
+def test_dpo_on_proxy_ranked_sft_samples_through_the_cli(smoke_reward, smoke_runs, smoke_sft):
+    assert align("dpo", smoke_runs, "--recipe", "smoke-sampled", "--sft_sample_pairs", "24",
+                 "--sft_samples_per_prompt", "6", "--sft_sample_max_new_tokens", "64", "--max_steps", "2",
+                 "--eval_every", "0", "--sft_model_name_or_path", str(smoke_sft / "model"),
+                 "--reward_model_name_or_path", str(smoke_reward / "model")) == 0
+    m = manifest(smoke_runs / "smoke-sampled" / "align-dpo")
+    data = m["data"]
+    assert data["sft_sample_prompts"] == 24 and data["sft_sample_answers"] == 144
+    assert data["pairs"] == data["sft_sample_pairs_built"] - data["dropped_too_long"] > 0
+    assert m["metrics"]["steps"] == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sft_sample_pairs", "-1"], "key 'sft_sample_pairs' must be 0"),
+    (["--sft_sample_pairs", "4", "--sft_samples_per_prompt", "1"], "key 'sft_samples_per_prompt' must be at least 2"),
+])
+def test_bad_sft_sample_keys_are_one_line(flags, message, tmp_path, capsys):
+    assert align("dpo", tmp_path, *flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_sampled_pairs_that_never_finish_say_which_keys_to_raise(smoke_reward, smoke_runs, smoke_sft, capsys):
+    assert align("dpo", smoke_runs, "--recipe", "smoke-unfinished", "--sft_sample_pairs", "4",
+                 "--sft_sample_max_new_tokens", "1", "--sft_model_name_or_path", str(smoke_sft / "model"),
+                 "--reward_model_name_or_path", str(smoke_reward / "model")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no prompt got two distinct finished SFT answers" in err[0]
+    assert "sft_sample_max_new_tokens" in err[0]
+    assert not (smoke_runs / "smoke-unfinished" / "align-dpo" / "model").exists()

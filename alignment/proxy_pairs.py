@@ -1,0 +1,84 @@
+"""On-policy preference pairs for DPO and KTO: the SFT model's own answers, ranked by the reward model.
+
+The recipe's preference pairs were written by others (the world's personas, or a dataset's models),
+so DPO and KTO learn from answers the SFT model would rarely give. With `sft_sample_pairs: N` the
+stage instead samples `sft_samples_per_prompt` answers from the SFT model to each of the first N
+distinct prompts of the recipe's pairs, scores them with the reward model (the proxy that best-of-n,
+PPO, GRPO and RLOO optimise), and keeps the best as chosen and the worst as rejected: the
+rejection-sampling pairs of Llama 2 and of iterative DPO (Xiong et al. 2024, "Iterative Preference
+Learning from Human Feedback"); Tajwar et al. 2024 argue why on-policy samples help.
+
+Answers cut off before their end of turn are left out: rendered through the chat template they
+would gain an end of turn nobody wrote. A prompt with fewer than two distinct finished answers
+gives no pair.
+"""
+
+from __future__ import annotations
+
+from recipes.errors import UserError
+
+
+def distinct_prompts(prompts, limit: int) -> list:
+    unique, seen = [], set()
+    for prompt in prompts:
+        key = repr(prompt)
+        if key not in seen:
+            seen.add(key)
+            unique.append(prompt)
+    return unique[:limit]
+
+
+def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_prompt: int, max_new_tokens: int,
+                       temperature: float = 1.0, batch_size: int = 32, seed: int = 0):
+    """(pairs, counts): a datasets.Dataset of conversational prompt/chosen/rejected, best and worst of
+    `samples_per_prompt` sampled answers by proxy score, and the numbers for the manifest."""
+    import datasets
+    import numpy as np
+
+    from recipes.generation import as_messages, generate_answers
+    from recipes.world import family_of, gold_reward
+    from reward import score
+
+    if samples_per_prompt < 2:
+        raise UserError(f"key 'sft_samples_per_prompt' must be at least 2 (a pair needs two answers), "
+                        f"got {samples_per_prompt}")
+    rounds = [generate_answers(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                               temperature=temperature, batch_size=batch_size, seed=seed + 1 + i)
+              for i in range(samples_per_prompt)]
+    scores = [score(reward_model, tokenizer, prompts, [a.text for a in answers], batch_size=batch_size)
+              for answers in rounds]
+
+    columns = {"prompt": [], "chosen": [], "rejected": []}
+    margins, gold_order = [], []
+    for p, prompt in enumerate(prompts):
+        candidates, texts = [], set()
+        for answers, proxy in zip(rounds, scores):
+            answer = answers[p]
+            if answer.ended and answer.text not in texts:
+                texts.add(answer.text)
+                candidates.append((proxy[p], answer.text))
+        if len(candidates) < 2:
+            continue
+        candidates.sort(key=lambda c: c[0])
+        (low, worst), (high, best) = candidates[0], candidates[-1]
+        columns["prompt"].append(as_messages(prompt))
+        columns["chosen"].append([{"role": "assistant", "content": best}])
+        columns["rejected"].append([{"role": "assistant", "content": worst}])
+        margins.append(high - low)
+        if family_of(prompt) != "unknown":  # world prompts: how often the proxy's order is gold's
+            gold_order.append(np.sign(gold_reward(prompt, best).total - gold_reward(prompt, worst).total))
+
+    sampled = sum(len(answers) for answers in rounds)
+    counts = {
+        "sft_sample_prompts": len(prompts),
+        "sft_sample_answers": sampled,
+        "sft_sample_unended_answers": sum(not a.ended for answers in rounds for a in answers),
+        "sft_sample_pairs_built": len(columns["prompt"]),
+        "sft_sample_mean_proxy_margin": float(np.mean(margins)) if margins else 0.0,
+    }
+    if gold_order:
+        gold_order = np.asarray(gold_order)
+        counts.update({"sft_sample_pairs_gold_agrees": float((gold_order > 0).mean()),
+                       "sft_sample_pairs_gold_ties": float((gold_order == 0).mean()),
+                       "sft_sample_pairs_gold_disagrees": float((gold_order < 0).mean())})
+    return datasets.Dataset.from_dict(columns), counts
