@@ -24,7 +24,6 @@ from recipes.config import TrainerDefaults
 from recipes.errors import UserError
 
 
-
 @dataclasses.dataclass
 class OfflineArguments(TrainerDefaults):
     """The lab's defaults for DPO and KTO; listed before the TRL config among a stage config's bases."""
@@ -45,6 +44,9 @@ class OfflineArguments(TrainerDefaults):
         default=128, metadata={"help": "Token limit of each sampled answer; answers cut off are left out."})
     sft_sample_temperature: float = dataclasses.field(
         default=1.0, metadata={"help": "Sampling temperature of the SFT answers for sft_sample_pairs."})
+    sft_sample_pairs_with_dataset: bool = dataclasses.field(
+        default=False, metadata={"help": "With sft_sample_pairs: train on the dataset's pairs too, not only on the "
+                                 "sampled ones."})
     logging_steps: float = 10
     save_steps: float = 200
 
@@ -151,18 +153,20 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     config.max_length = max_length  # config.yaml records the resolved value
     pairs, sampled = load_pairs(config), {}
     if config.sft_sample_pairs:
-        from alignment.proxy_pairs import distinct_prompts, proxy_ranked_pairs
+        from alignment.proxy_pairs import concatenate_pairs, proxy_ranked_pairs
+        from recipes.generation import distinct
 
-        prompts = distinct_prompts(pairs["prompt"], config.sft_sample_pairs)
+        prompts = distinct(pairs["prompt"], config.sft_sample_pairs)
         print(f"sampling {config.sft_samples_per_prompt} SFT answers to each of {len(prompts)} prompts, "
               f"ranked by the reward model")
-        pairs, sampled = proxy_ranked_pairs(
+        sampled_pairs, sampled = proxy_ranked_pairs(
             reference, reward_model, tokenizer, prompts, samples_per_prompt=config.sft_samples_per_prompt,
             max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.sft_sample_temperature,
             batch_size=config.eval_generation_batch_size, seed=config.seed)
-        if len(pairs) == 0:
+        if len(sampled_pairs) == 0:
             raise UserError(f"key 'sft_sample_pairs': no prompt got two distinct finished SFT answers out of "
                             f"{config.sft_samples_per_prompt}; raise sft_sample_max_new_tokens or sft_samples_per_prompt")
+        pairs = concatenate_pairs(pairs, sampled_pairs) if config.sft_sample_pairs_with_dataset else sampled_pairs
     pairs, dropped = drop_too_long(pairs, tokenizer, max_length)
     if len(pairs) == 0:
         raise UserError(f"{config.dataset_name}: no preference pair of split '{config.dataset_train_split}' fits in "

@@ -18,16 +18,6 @@ from __future__ import annotations
 from recipes.errors import UserError
 
 
-def distinct_prompts(prompts, limit: int) -> list:
-    unique, seen = [], set()
-    for prompt in prompts:
-        key = repr(prompt)
-        if key not in seen:
-            seen.add(key)
-            unique.append(prompt)
-    return unique[:limit]
-
-
 def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_prompt: int, max_new_tokens: int,
                        temperature: float = 1.0, batch_size: int = 32, seed: int = 0):
     """(pairs, counts): a datasets.Dataset of conversational prompt/chosen/rejected, best and worst of
@@ -82,3 +72,12 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
                        "sft_sample_pairs_gold_ties": float((gold_order == 0).mean()),
                        "sft_sample_pairs_gold_disagrees": float((gold_order < 0).mean())})
     return datasets.Dataset.from_dict(columns), counts
+
+
+def concatenate_pairs(first, second):
+    """The prompt/chosen/rejected columns of two pair datasets, one after the other (the trainer shuffles)."""
+    import datasets
+
+    columns = ["prompt", "chosen", "rejected"]
+    first = first.select_columns(columns)
+    return datasets.concatenate_datasets([first, second.select_columns(columns).cast(first.features)])

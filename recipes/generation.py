@@ -29,6 +29,17 @@ def as_messages(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
+def distinct(prompts, limit: int | None = None) -> list:
+    """The first `limit` distinct prompts (strings or message lists), in order."""
+    unique, seen = [], set()
+    for prompt in prompts:
+        key = repr(prompt)
+        if key not in seen:
+            seen.add(key)
+            unique.append(prompt)
+    return unique[:limit]
+
+
 def render_prompts(tokenizer, prompts) -> list[list[int]]:
     return [
         tokenizer.apply_chat_template(as_messages(p), add_generation_prompt=True, tokenize=True, return_dict=False)

@@ -29,16 +29,10 @@ from recipes.errors import UserError
 
 def distinct_prompts(prompts, limit: int) -> list:
     """The first `limit` distinct prompts, each of a world family (the gold reward labels the pairs)."""
-    from recipes.generation import as_messages
+    from recipes.generation import as_messages, distinct
     from recipes.world import family_of
 
-    unique, seen = [], set()
-    for prompt in prompts:
-        key = repr(prompt)
-        if key not in seen:
-            seen.add(key)
-            unique.append(prompt)
-    unique = unique[:limit]
+    unique = distinct(prompts, limit)
     unknown = [p for p in unique if family_of(p) == "unknown"]
     if unknown:
         raise UserError(f"key 'sft_sample_pairs': labelling SFT samples needs the world's gold reward, but "

@@ -203,15 +203,21 @@ def test_proxy_ranked_pairs_put_the_reward_models_best_answer_first(smoke_sft, s
     assert again.to_dict() == pairs.to_dict()  # seeded
 
 
-def test_dpo_on_proxy_ranked_sft_samples_through_the_cli(smoke_reward, smoke_runs, smoke_sft):
-    assert align("dpo", smoke_runs, "--recipe", "smoke-sampled", "--sft_sample_pairs", "24",
+@pytest.mark.parametrize("with_dataset", [False, True])
+def test_dpo_on_proxy_ranked_sft_samples_through_the_cli(with_dataset, smoke_reward, smoke_runs, smoke_sft):
+    from recipes.data import load_preferences
+
+    recipe = f"smoke-sampled-{with_dataset}"
+    assert align("dpo", smoke_runs, "--recipe", recipe, "--sft_sample_pairs", "24",
                  "--sft_samples_per_prompt", "6", "--sft_sample_max_new_tokens", "64", "--max_steps", "2",
+                 "--sft_sample_pairs_with_dataset", str(with_dataset).lower(),
                  "--eval_every", "0", "--sft_model_name_or_path", str(smoke_sft / "model"),
                  "--reward_model_name_or_path", str(smoke_reward / "model")) == 0
-    m = manifest(smoke_runs / "smoke-sampled" / "align-dpo")
+    m = manifest(smoke_runs / recipe / "align-dpo")
     data = m["data"]
     assert data["sft_sample_prompts"] == 24 and data["sft_sample_answers"] == 144
-    assert data["pairs"] == data["sft_sample_pairs_built"] - data["dropped_too_long"] > 0
+    dataset_pairs = len(load_preferences("world:preferences?size=smoke&seed=0")) if with_dataset else 0
+    assert data["pairs"] == dataset_pairs + data["sft_sample_pairs_built"] - data["dropped_too_long"] > 0
     assert m["metrics"]["steps"] == 2
 
 
@@ -229,7 +235,8 @@ def test_sampled_pairs_that_never_finish_say_which_keys_to_raise(smoke_reward, s
     assert align("dpo", smoke_runs, "--recipe", "smoke-unfinished", "--sft_sample_pairs", "4",
                  "--sft_sample_max_new_tokens", "1", "--sft_model_name_or_path", str(smoke_sft / "model"),
                  "--reward_model_name_or_path", str(smoke_reward / "model")) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no prompt got two distinct finished SFT answers" in err[0]
-    assert "sft_sample_max_new_tokens" in err[0]
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the models' loading bars
+    assert "no prompt got two distinct finished SFT answers" in last and "sft_sample_max_new_tokens" in last
+    assert "Traceback" not in err
     assert not (smoke_runs / "smoke-unfinished" / "align-dpo" / "model").exists()
