@@ -3,7 +3,8 @@
 Kahneman-Tversky Optimization (Ethayarajh et al. 2024) through `trl.KTOTrainer`, on unpaired
 good/bad labels: every preference pair gives two rows, (prompt, chosen, desirable) and (prompt,
 rejected, undesirable). The labels are the annotators' (noisy, in the gold world: a "chosen" answer
-is only more likely the better one), which is what unpaired feedback is like. The rows are shuffled
+is only more likely the better one), which is what unpaired feedback is like; with `sft_sample_pairs`
+they are the reward model's best and worst of the SFT model's own answers. The rows are shuffled
 once with the seed: KTO estimates its KL term from mismatched prompt/answer neighbours within a
 batch, which must not be the two answers to the same prompt. LoRA with `use_peft: true` (merged on
 save). Evaluated by the one evaluation (alignment/evaluate.py); see alignment/offline.py.

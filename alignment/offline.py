@@ -1,7 +1,8 @@
 """What DPO and KTO share: offline alignment on preference data through a TRL trainer.
 
-Both train the SFT model on the recipe's preference pairs against a frozen reference (the SFT model
-again), with LoRA through peft as a config choice, and are evaluated by the one evaluation
+Both train the SFT model on the recipe's preference pairs, or with `sft_sample_pairs` on pairs of its
+own answers ranked by the reward model (alignment/proxy_pairs.py), against a frozen reference (the
+SFT model again), with LoRA through peft as a config choice, and are evaluated by the one evaluation
 (alignment/evaluate.py) every `eval_every` steps. A method module supplies its TRL trainer class
 and how pairs become its training rows; `run(config, method, trainer_class, to_rows)` does the rest.
 

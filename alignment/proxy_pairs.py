@@ -15,8 +15,6 @@ gives no pair.
 
 from __future__ import annotations
 
-from recipes.errors import UserError
-
 
 def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_prompt: int, max_new_tokens: int,
                        temperature: float = 1.0, batch_size: int = 32, seed: int = 0):
@@ -29,9 +27,6 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
     from recipes.world import family_of, gold_reward
     from reward import score
 
-    if samples_per_prompt < 2:
-        raise UserError(f"key 'sft_samples_per_prompt' must be at least 2 (a pair needs two answers), "
-                        f"got {samples_per_prompt}")
     rounds = [generate_answers(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
                                temperature=temperature, batch_size=batch_size, seed=seed + 1 + i)
               for i in range(samples_per_prompt)]
