@@ -27,18 +27,10 @@ from transformers import TrainerCallback
 
 from recipes.generation import Answer, generate_answers, render_prompts
 from recipes.gold_eval import score_answers, summarize
+from recipes.statistics import bootstrap_interval
 from recipes.tracking import markdown_table
 
 TB_PREFIX = "gold_eval"
-
-
-def bootstrap_interval(values, *, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean."""
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
 def win_rate(policy_gold, baseline_gold) -> float:

@@ -7,10 +7,11 @@
 On held-out preference pairs (prompt, chosen, rejected, and where known gold_chosen/gold_rejected):
 
     accuracy              chosen scored above rejected (agreement with the annotators' labels)
+    accuracy_low/_high    its 95% bootstrap interval over the pairs
     gold_accuracy         the gold-better answer scored above the other (pairs with a gold gap)
     label_gold_agreement  how often the annotators' labels themselves follow the gold order
     noise_ceiling         the best accuracy any model can expect on these labels (see `noise_ceiling`)
-    accuracy_of_ceiling   accuracy / noise_ceiling
+    accuracy_of_ceiling   accuracy / noise_ceiling (and _low/_high: the interval's ends / ceiling)
     mean_margin           mean of reward(chosen) - reward(rejected); the margins go to a histogram
 
 On answers sampled from a policy (`Samples`, e.g. the SFT model at temperature 1, several per prompt):
@@ -36,6 +37,7 @@ import torch
 
 from recipes.errors import UserError
 from recipes.generation import as_messages
+from recipes.statistics import bootstrap_interval
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,8 +93,11 @@ def pair_metrics(rewards_chosen, rewards_rejected, gold_chosen=None, gold_reject
     """Metrics from the rewards of each pair's two sides (and their gold scores, where known)."""
     chosen, rejected = np.asarray(rewards_chosen, float), np.asarray(rewards_rejected, float)
     margins = chosen - rejected
-    metrics = {"accuracy": float((margins > 0).mean()), "mean_margin": float(margins.mean()),
+    correct = (margins > 0).astype(float)
+    metrics = {"accuracy": float(correct.mean()), "mean_margin": float(margins.mean()),
                "eval_pairs": float(len(margins))}
+    # A few hundred held-out pairs leave accuracy uncertain by several points: say by how much.
+    metrics["accuracy_low"], metrics["accuracy_high"] = bootstrap_interval(correct)
     if gold_chosen is None or gold_rejected is None:
         return metrics
     gold_gaps = np.asarray(gold_chosen, float) - np.asarray(gold_rejected, float)
@@ -104,6 +109,8 @@ def pair_metrics(rewards_chosen, rewards_rejected, gold_chosen=None, gold_reject
         ceiling = noise_ceiling(gold_gaps, *annotators)
         metrics["noise_ceiling"] = ceiling
         metrics["accuracy_of_ceiling"] = metrics["accuracy"] / ceiling
+        metrics["accuracy_of_ceiling_low"] = metrics["accuracy_low"] / ceiling
+        metrics["accuracy_of_ceiling_high"] = metrics["accuracy_high"] / ceiling
     return metrics
 
 

@@ -340,7 +340,9 @@ def add_sft_sample_pairs(config: RewardStageConfig, train_pairs, policy, tokeniz
 def summary_line(metrics: dict, run: RunDir) -> str:
     parts = [f"wrote {run.model_dir}", f"accuracy {metrics['accuracy']:.3f}"]
     if "noise_ceiling" in metrics:
-        parts.append(f"({metrics['accuracy_of_ceiling']:.1%} of the noise ceiling {metrics['noise_ceiling']:.3f})")
+        interval = (f", 95% interval {metrics['accuracy_of_ceiling_low']:.1%}-{metrics['accuracy_of_ceiling_high']:.1%}"
+                    if "accuracy_of_ceiling_low" in metrics else "")
+        parts.append(f"({metrics['accuracy_of_ceiling']:.1%} of the noise ceiling {metrics['noise_ceiling']:.3f}{interval})")
     if "gold_accuracy" in metrics:
         parts.append(f"gold accuracy {metrics['gold_accuracy']:.3f}")
     if "gold_rank_correlation" in metrics:

@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recipes.cli import main as rlhf_lab
@@ -51,7 +52,22 @@ def test_pair_metrics_by_hand():
     assert metrics["label_gold_agreement"] == pytest.approx(2 / 3)
     assert metrics["mean_margin"] == pytest.approx(1 / 3)
     assert metrics["accuracy_of_ceiling"] == pytest.approx(metrics["accuracy"] / metrics["noise_ceiling"])
-    assert set(pair_metrics([1], [0])) == {"accuracy", "mean_margin", "eval_pairs"}  # no gold: no gold metrics
+    assert set(pair_metrics([1], [0])) == {"accuracy", "accuracy_low", "accuracy_high", "mean_margin",
+                                           "eval_pairs"}  # no gold: no gold metrics
+
+
+def test_pair_accuracy_interval_brackets_it_and_narrows_with_more_pairs():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (200, 3200):
+        chosen, rejected = rng.normal(0.4, 1, n), rng.normal(0, 1, n)
+        gold = dict(gold_chosen=[1.0] * n, gold_rejected=[0.0] * n)
+        metrics = pair_metrics(chosen, rejected, **gold, annotators=(0.5, 0.05))
+        assert metrics["accuracy_low"] < metrics["accuracy"] < metrics["accuracy_high"]
+        assert metrics["accuracy_of_ceiling_low"] == pytest.approx(metrics["accuracy_low"] / metrics["noise_ceiling"])
+        widths.append(metrics["accuracy_high"] - metrics["accuracy_low"])
+    assert 0.09 < widths[0] < 0.16  # about +-3.4 points on 200 pairs near 0.6: 1.96 * sqrt(.6 * .4 / 200)
+    assert widths[1] < widths[0] / 3  # 16 times the pairs, a quarter of the width
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,3 +243,7 @@ def test_summary_line_does_not_round_a_miss_into_the_target():
     line = summary_line({"accuracy": 0.655, "noise_ceiling": 0.7317, "accuracy_of_ceiling": 0.8952},
                         SimpleNamespace(model_dir="runs/x/reward/model"))
     assert "89.5% of the noise ceiling 0.732" in line and "90%" not in line, line
+    line = summary_line({"accuracy": 0.655, "noise_ceiling": 0.7317, "accuracy_of_ceiling": 0.8952,
+                         "accuracy_of_ceiling_low": 0.8412, "accuracy_of_ceiling_high": 0.9568},
+                        SimpleNamespace(model_dir="runs/x/reward/model"))
+    assert "89.5% of the noise ceiling 0.732, 95% interval 84.1%-95.7%" in line, line
