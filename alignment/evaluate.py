@@ -5,6 +5,7 @@ On the same held-out prompts, with the same sampling settings, for any policy:
     gold_reward, gold_reward_low, gold_reward_high   mean gold total and its 95% bootstrap interval
     win_rate             share of prompts where the policy's answer beats the SFT model's on gold
                          (ties count half); the SFT answers are sampled once, with the same settings
+    tie_rate, win_rate_decided   share of prompts tied on gold, and the win rate among the others
     proxy_reward         mean score of the trained reward model
     kl                   KL(policy || SFT) from the policy's own samples: mean of sum_t log p/q
     kl_k3                the same with the non-negative k3 estimator, sum_t (r - 1 - log r), r = q/p
@@ -37,6 +38,19 @@ def win_rate(policy_gold, baseline_gold) -> float:
     """Share of paired prompts the policy wins on gold; a tie counts half."""
     policy_gold, baseline_gold = np.asarray(policy_gold), np.asarray(baseline_gold)
     return float(((policy_gold > baseline_gold) + 0.5 * (policy_gold == baseline_gold)).mean())
+
+
+def ties_and_decided_wins(policy_gold, baseline_gold) -> tuple[float, float]:
+    """(share of prompts tied on gold, share won among the rest; nan when every prompt ties).
+
+    Where the baseline already earns gold's maximum a policy can only tie, so the tie share caps the
+    win rate at 1 - tie_rate / 2; the decided win rate says how the policy does where it can win.
+    """
+    policy_gold, baseline_gold = np.asarray(policy_gold), np.asarray(baseline_gold)
+    tied = policy_gold == baseline_gold
+    decided = int((~tied).sum())
+    wins = float((policy_gold > baseline_gold).sum())
+    return float(tied.mean()), (wins / decided if decided else float("nan"))
 
 
 def kl_estimates(policy_logprobs: list[torch.Tensor], reference_logprobs: list[torch.Tensor]) -> tuple[float, float]:
@@ -109,6 +123,9 @@ class Evaluator:
         gold = [row["gold"] for row in rows]
         metrics["gold_reward_low"], metrics["gold_reward_high"] = bootstrap_interval(gold, seed=self.seed)
         metrics["win_rate"] = win_rate(gold, self.sft_gold)
+        metrics["tie_rate"], decided = ties_and_decided_wins(gold, self.sft_gold)
+        if math.isfinite(decided):  # the SFT model against its own answers ties everywhere
+            metrics["win_rate_decided"] = decided
         metrics["kl"], metrics["kl_k3"] = kl
         if self.reward_model is not None:
             from reward import score

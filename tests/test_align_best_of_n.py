@@ -13,7 +13,7 @@ from recipes.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
 BON_YAML = str(REPO / "recipes/smoke/align-best-of-n.yaml")
-EVAL_METRICS = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "kl_k3",
+EVAL_METRICS = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "tie_rate", "proxy_reward", "kl", "kl_k3",
                 "length", "end_of_turn_rate")
 
 

@@ -11,7 +11,7 @@ from recipes.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
 YAML = {method: str(REPO / f"recipes/smoke/align-{method}.yaml") for method in ("dpo", "kto")}
-EVAL_METRICS = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "kl_k3",
+EVAL_METRICS = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "tie_rate", "proxy_reward", "kl", "kl_k3",
                 "length", "end_of_turn_rate", "math_accuracy", "harmful_compliance")  # over_refusal needs look-alikes
 SAMPLES = "gold_eval/samples/text_summary"  # the text plugin's tag for add_text("gold_eval/samples")
 

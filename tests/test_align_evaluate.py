@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignment.best_of_n import analytic_kl
-from alignment.evaluate import answer_logprobs, bootstrap_interval, kl_estimates, win_rate, write
+from alignment.evaluate import answer_logprobs, bootstrap_interval, kl_estimates, ties_and_decided_wins, win_rate, write
 from recipes.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +89,16 @@ def test_win_rate_counts_ties_half():
     assert win_rate([1, 1], [0, 0]) == 1.0
     assert win_rate([0.3, -1, 5, 5], [0.3, -1, 5, 5]) == 0.5
     assert win_rate([2, 2, 2, 0], [1, 2, 3, 3]) == pytest.approx((1 + 0.5) / 4)
+
+
+def test_ties_and_decided_wins():
+    # win, tie, loss, win, tie: 2 ties of 5; 2 wins of the 3 decided prompts
+    tie_rate, decided = ties_and_decided_wins([1, 2, 3, 5, 1.0], [0, 2, 4, 4, 1.0])
+    assert (tie_rate, decided) == (pytest.approx(0.4), pytest.approx(2 / 3))
+    # the win rate is the decided one scaled to the untied share, plus half the ties
+    assert win_rate([1, 2, 3, 5, 1.0], [0, 2, 4, 4, 1.0]) == pytest.approx(decided * (1 - tie_rate) + tie_rate / 2)
+    tie_rate, decided = ties_and_decided_wins([1.0, 1.0], [1.0, 1.0])
+    assert tie_rate == 1.0 and math.isnan(decided)
 
 
 def test_best_of_n_analytic_kl():

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 GRPO = str(REPO / "recipes/smoke/align-grpo.yaml")
 RLOO = str(REPO / "recipes/smoke/align-rloo.yaml")
-EVAL_KEYS = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "kl_k3",
+EVAL_KEYS = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "tie_rate", "proxy_reward", "kl", "kl_k3",
              "length", "end_of_turn_rate")
 
 

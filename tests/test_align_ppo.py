@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 PPO_YAML = str(REPO / "recipes/smoke/align-ppo.yaml")
 PPO_SCALARS = ("reward", "kl", "kl_coef", "entropy", "clip_fraction", "approx_kl", "policy_loss", "value_loss",
                "explained_variance", "missing_eos_rate", "length")
-EVALUATION = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "kl_k3",
+EVALUATION = ("gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "tie_rate", "proxy_reward", "kl", "kl_k3",
               "length")
 
 
