@@ -87,7 +87,7 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
             while repr(doubled[j]) == repr(doubled[i]):
                 j = rng.randrange(len(doubled))
             cross_ties += not add(i, j)
-    unended = sum(not e for e in columns["ended_chosen"] + columns["ended_rejected"])
+    unended = sum(not a.ended for a in answers)  # each sampled answer once, however many pairs it is in
     counts = {"sft_sample_prompts": len(unique), "sft_sample_samples": len(doubled), "sft_sample_pairs": same_prompt,
               "sft_sample_ties": ties, "sft_sample_cross_pairs": len(columns["chosen"]) - same_prompt,
               "sft_sample_cross_ties": cross_ties, "sft_sample_unended_answers": unended}

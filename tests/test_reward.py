@@ -197,6 +197,10 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     again, _ = label_sft_samples(policy, tokenizer, prompts, pairs=30, annotators=(1e-9, 0.0), max_new_tokens=24,
                                  batch_size=16, seed=0, cross_pairs=25)
     assert again == columns  # seeded: a resumed run trains on the same pairs
+    _, cut = label_sft_samples(policy, tokenizer, prompts, pairs=10, annotators=(1e-9, 0.0), max_new_tokens=1,
+                               batch_size=16, seed=0, cross_pairs=5)
+    # One token each: nearly every answer is cut (one may be a bare end of turn), each counted once.
+    assert 18 <= cut["sft_sample_unended_answers"] <= cut["sft_sample_samples"] == 20, cut
     # More pairs than distinct prompts: round the prompts again, with fresh samples.
     few = prompts[:40]
     distinct = len({repr(p) for p in few})
