@@ -63,12 +63,16 @@ def best_of(scores: list[list[float]]) -> list[int]:
 def sample_and_choose(evaluator, reward_model, n: int, seed: int):
     """(chosen answers, proxy scores [prompt][sample], chosen index per prompt, all samples [sample][prompt])."""
     from recipes.generation import generate_answers
+    from recipes.progress import step_bar
     from reward import score
 
     samples = [evaluator.sft_answers]  # sample 0: exactly the evaluator's SFT answers
+    bar = step_bar(n, f"{METHOD} samples", initial=1)
     for k in range(1, n):
         samples.append(generate_answers(evaluator.sft_model, evaluator.tokenizer, evaluator.prompts,
                                         **{**evaluator.generation, "seed": seed + k}))
+        bar.update()
+    bar.close()
     proxy = [score(reward_model, evaluator.tokenizer, evaluator.prompts, [a.text for a in answers],
                    ended=[a.ended for a in answers], batch_size=evaluator.batch_size) for answers in samples]
     per_prompt = [list(column) for column in zip(*proxy)]
@@ -140,7 +144,11 @@ def main(config: BestOfNConfig) -> dict:
     return metrics
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(BestOfNConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(BestOfNConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

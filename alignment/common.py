@@ -47,6 +47,9 @@ class AlignArguments(LoraArguments):
     eval_top_p: float = 1.0
     eval_generation_batch_size: int = 32
     eval_every: int = dataclasses.field(default=50, metadata={"help": "Evaluate every this many training steps."})
+    run_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "The run's directory under <runs_root>/<recipe>/. Default: align-<method>; "
+                                "`rlhf-lab run --seeds` uses align-<method>-seed<k> for the extra seeds."})
 
     def check_alignment_keys(self) -> None:
         for key in ("lora_r", "eval_num_prompts", "eval_max_new_tokens", "eval_generation_batch_size"):
@@ -54,6 +57,8 @@ class AlignArguments(LoraArguments):
                 raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
         if self.eval_temperature <= 0:
             raise ValueError(f"key 'eval_temperature' must be positive, got {self.eval_temperature}")
+        if self.run_name is not None and (not self.run_name.startswith("align-") or "/" in self.run_name):
+            raise ValueError(f"key 'run_name' must start with 'align-' and name one directory, got '{self.run_name}'")
 
 
 @dataclasses.dataclass
@@ -130,12 +135,16 @@ def causal_lm_peft_config(config):
                       lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules or "all-linear")
 
 
+def run_name(config, method: str) -> str:
+    return config.run_name or f"align-{method}"
+
+
 def start_run(config, method: str, parents: Parents, data: dict | None = None) -> RunDir:
-    """Claim runs/<recipe>/align-<method>/, recording the SFT parent and the reward model used."""
+    """Claim runs/<recipe>/align-<method>/ (or run_name), recording the SFT parent and the reward model used."""
     from recipes.data import fingerprint
 
-    run = RunDir.for_config(config, f"align-{method}")
-    data = {"source": config.dataset_name,
+    run = RunDir.for_config(config, run_name(config, method))
+    data = {"method": method, "source": config.dataset_name,
             "fingerprint": fingerprint(config.dataset_name, split=config.dataset_train_split,
                                        config=config.dataset_config),
             "eval_prompts": config.eval_prompts, **(data or {})}

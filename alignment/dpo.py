@@ -46,7 +46,11 @@ def main(config: DPOStageConfig) -> dict:
     return run(config, METHOD, trl.DPOTrainer)
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(DPOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(DPOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

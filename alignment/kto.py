@@ -59,7 +59,11 @@ def main(config: KTOStageConfig) -> dict:
     return run(config, METHOD, trl.KTOTrainer, to_rows=lambda pairs, config: unpair(pairs, config.seed))
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(KTOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(KTOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

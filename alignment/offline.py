@@ -140,6 +140,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         start_run,
     )
     from alignment.evaluate import EvaluationCallback
+    from recipes.progress import StepProgress
     from recipes.tracking import route_trainer_events
 
     started = time.time()
@@ -156,6 +157,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     if config.sft_sample_pairs:
         from alignment.proxy_pairs import concatenate_pairs, proxy_ranked_pairs
         from recipes.generation import distinct
+        from recipes.rundir import weights_hash
 
         prompts = distinct(pairs["prompt"], config.sft_sample_pairs)
         print(f"sampling {config.sft_samples_per_prompt} SFT answers to each of {len(prompts)} prompts, "
@@ -163,7 +165,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         sampled_pairs, sampled = proxy_ranked_pairs(
             reference, reward_model, tokenizer, prompts, samples_per_prompt=config.sft_samples_per_prompt,
             max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.sft_sample_temperature,
-            batch_size=config.eval_generation_batch_size, seed=config.seed)
+            batch_size=config.eval_generation_batch_size, seed=config.seed, policy_weights=weights_hash(parents.sft_dir))
         if len(sampled_pairs) == 0:
             raise UserError(f"key 'sft_sample_pairs': no prompt got two distinct finished SFT answers out of "
                             f"{config.sft_samples_per_prompt}; raise sft_sample_max_new_tokens or sft_samples_per_prompt")
@@ -194,6 +196,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         raise UserError(where + str(err).splitlines()[0]) from None
     callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir)
     callback.attach(trainer)
+    trainer.add_callback(StepProgress(run_dir.stage))
 
     result = trainer.train(resume_from_checkpoint=run_dir.resume_checkpoint(config.resume))
 
@@ -203,6 +206,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         "train_loss": train_losses[-1] if train_losses else None,
         "mean_train_loss": result.training_loss,
         "steps": trainer.state.global_step,
+        "tokens_generated": sampled.get("sft_sample_tokens", 0),
         "evaluations": len(callback.history),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},

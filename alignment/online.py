@@ -107,8 +107,21 @@ def make_reward_func(config, reward_model, tokenizer):
     if config.reward == "gold":
         from recipes.world import make_gold_reward_func
 
-        return make_gold_reward_func(tokenizer.eos_token_id)
-    return make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size)
+        return counting_tokens(make_gold_reward_func(tokenizer.eos_token_id))
+    return counting_tokens(make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size))
+
+
+def counting_tokens(reward_func):
+    """`reward_func`, also adding up the tokens of every completion it scores in `.tokens_generated`:
+    the trainer scores each sampled completion exactly once, so this is the tokens the run generated."""
+    def counted(prompts, completions, completion_ids=None, **kwargs):
+        if completion_ids is not None:
+            counted.tokens_generated += sum(len(ids) for ids in completion_ids)
+        return reward_func(prompts, completions, completion_ids=completion_ids, **kwargs)
+
+    counted.__name__ = reward_func.__name__  # TRL names the reward's logs after it
+    counted.tokens_generated = 0
+    return counted
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,9 +194,11 @@ def run_online(config, method: str, trainer_class) -> dict:
         load_policy,
         load_reward_model,
         resolve_parents,
+        run_name,
         start_run,
     )
     from alignment.evaluate import EvaluationCallback
+    from recipes.progress import StepProgress
     from recipes.rundir import RunDir
     from recipes.tracking import route_trainer_events
 
@@ -204,7 +219,7 @@ def run_online(config, method: str, trainer_class) -> dict:
     data = {"reward": config.reward, "train_prompts": len(prompts), "longest_prompt_tokens": longest_prompt}
     process = PartialState()  # under `accelerate launch`, one process claims the run directory
     run = start_run(config, method, parents, data=data) if process.is_main_process \
-        else RunDir.for_config(config, f"align-{method}")
+        else RunDir.for_config(config, run_name(config, method))
     process.wait_for_everyone()
     route_trainer_events(run)
     reward_func = make_reward_func(config, reward_model, reward_tokenizer)
@@ -217,6 +232,7 @@ def run_online(config, method: str, trainer_class) -> dict:
         where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
         raise UserError(where + str(err).splitlines()[0]) from None
     evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir).attach(trainer)
+    trainer.add_callback(StepProgress(run.stage))
 
     trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
 
@@ -225,6 +241,7 @@ def run_online(config, method: str, trainer_class) -> dict:
         **(evaluation.latest or {}),
         **train_metrics(trainer, reward_func.__name__),
         "reward_source": config.reward,
+        "tokens_generated": reward_func.tokens_generated,
         "trainable_parameters": trainable,
         "evaluations": len(evaluation.history),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},

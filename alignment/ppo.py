@@ -143,6 +143,7 @@ def main(config: PPOStageConfig) -> dict:
     value_model = load_reward_model(parents.reward_dir)  # detail: the value model starts as the reward model
     value_model.requires_grad_(True)
     from recipes.data import load_prompts
+    from recipes.progress import StepProgress
 
     prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
                            config=config.dataset_config)
@@ -171,6 +172,7 @@ def main(config: PPOStageConfig) -> dict:
     trainer = PPOTrainer(args, policy=policy, ref_model=ref_model, reward_model=reward_model, value_model=value_model,
                          processing_class=tokenizer, train_dataset=prompts, evaluator=evaluator, writer=writer,
                          checkpoints_dir=run.checkpoints_dir)
+    trainer.add_callback(StepProgress(run.stage))
     try:
         training = trainer.train(resume=bool(resume_from))
     finally:
@@ -181,6 +183,7 @@ def main(config: PPOStageConfig) -> dict:
         **final,
         **training,
         "rollout_batch_size": config.rollout_batch_size,
+        "tokens_generated": round(sum(h["length"] for h in trainer.rollout_history) * config.rollout_batch_size),
         "trainable_parameters": trainable,
         "evaluations": len(trainer.eval_history),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
@@ -190,7 +193,11 @@ def main(config: PPOStageConfig) -> dict:
     return finish_run(run, trainer.policy, tokenizer, metrics, started)  # the policy only, merged if LoRA
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(PPOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(PPOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 
 def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_prompt: int, max_new_tokens: int,
-                       temperature: float = 1.0, batch_size: int = 32, seed: int = 0):
+                       temperature: float = 1.0, batch_size: int = 32, seed: int = 0, policy_weights: str | None = None):
     """(pairs, counts): a datasets.Dataset of conversational prompt/chosen/rejected, best and worst of
-    `samples_per_prompt` sampled answers by proxy score, and the numbers for the manifest."""
+    `samples_per_prompt` sampled answers by proxy score, and the numbers for the manifest.
+
+    With `policy_weights` (the sha256 of the policy's weights) the sampled answers are cached, so DPO
+    and KTO on the same SFT model and settings sample them once."""
     import datasets
     import numpy as np
 
@@ -27,9 +30,13 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
     from recipes.world import family_of, gold_reward
     from reward import score
 
-    rounds = [generate_answers(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
-                               temperature=temperature, batch_size=batch_size, seed=seed + 1 + i)
-              for i in range(samples_per_prompt)]
+    def sample():
+        return [generate_answers(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                                 temperature=temperature, batch_size=batch_size, seed=seed + 1 + i)
+                for i in range(samples_per_prompt)]
+
+    rounds = cached_samples(sample, policy_weights, prompts, samples_per_prompt=samples_per_prompt,
+                            max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed)
     scores = [score(reward_model, tokenizer, prompts, [a.text for a in answers], batch_size=batch_size)
               for answers in rounds]
 
@@ -58,6 +65,7 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
         "sft_sample_prompts": len(prompts),
         "sft_sample_answers": sampled,
         "sft_sample_unended_answers": sum(not a.ended for answers in rounds for a in answers),
+        "sft_sample_tokens": sum(a.num_tokens for answers in rounds for a in answers),
         "sft_sample_pairs_built": len(columns["prompt"]),
         "sft_sample_mean_proxy_margin": float(np.mean(margins)) if margins else 0.0,
     }
@@ -67,6 +75,36 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
                        "sft_sample_pairs_gold_ties": float((gold_order == 0).mean()),
                        "sft_sample_pairs_gold_disagrees": float((gold_order < 0).mean())})
     return datasets.Dataset.from_dict(columns), counts
+
+
+def cached_samples(sample, policy_weights: str | None, prompts, **settings):
+    """`sample()`'s rounds of answers, from the cache when this policy already sampled these prompts so.
+
+    Sampling is seeded and batch-deterministic, so the key (weights, prompts, every setting) decides
+    the answers exactly; the cache lives beside the world data ($RLHF_LAB_CACHE/samples/).
+    """
+    import dataclasses
+    import hashlib
+    import json
+
+    from recipes.data.world_cache import cache_root
+    from recipes.generation import Answer
+    from recipes.rundir import atomic_write_text
+
+    if policy_weights is None:
+        return sample()
+    key = hashlib.sha256(json.dumps([policy_weights, prompts, settings], sort_keys=True, default=str).encode())
+    path = cache_root() / "samples" / f"{key.hexdigest()[:32]}.json"
+    if path.is_file():
+        try:
+            rounds = json.loads(path.read_text(encoding="utf-8"))
+            print(f"reusing {sum(map(len, rounds))} sampled answers from {path}")
+            return [[Answer(**a) for a in answers] for answers in rounds]
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+            pass  # a damaged cache entry is sampled again and replaced
+    rounds = sample()
+    atomic_write_text(path, json.dumps([[dataclasses.asdict(a) for a in answers] for answers in rounds]))
+    return rounds
 
 
 def concatenate_pairs(first, second):

@@ -32,7 +32,11 @@ def main(config: RLOOStageConfig) -> dict:
     return run_online(config, METHOD, trl.RLOOTrainer)
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(RLOOStageConfig, argv, "align --method rloo", description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(RLOOStageConfig, argv, "align --method rloo", description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

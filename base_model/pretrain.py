@@ -27,6 +27,7 @@ import torch
 from base_model.flops import flops_per_token, measure_matmul_peak
 from recipes.config import RunArguments, parse_config
 from recipes.errors import UserError
+from recipes.progress import step_bar
 from recipes.rundir import RunDir, atomic_write_text
 from recipes.tracking import markdown_table
 
@@ -364,6 +365,7 @@ def main(config: PretrainConfig) -> dict:
     model.train()
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
     train_loss = float("nan")
+    bar = step_bar(config.max_steps, STAGE, initial=step) if is_main else None
     while step < config.max_steps:
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(config.gradient_accumulation_steps):
@@ -379,6 +381,8 @@ def main(config: PretrainConfig) -> dict:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if bar is not None:
+            bar.update()
 
         loss_value = accelerator.reduce(loss_sum, reduction="mean").item()
         if not math.isfinite(loss_value):
@@ -407,6 +411,8 @@ def main(config: PretrainConfig) -> dict:
             path = save_checkpoint(accelerator, run, state, config.save_total_limit)
             accelerator.print(f"saved checkpoint {path}")
 
+    if bar is not None:
+        bar.close()
     metrics = {
         "initial_eval_loss": initial_eval_loss,
         "eval_loss": eval_loss,
@@ -426,7 +432,11 @@ def main(config: PretrainConfig) -> dict:
     return metrics
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(PretrainConfig, argv, STAGE, description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(PretrainConfig, argv, STAGE, description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

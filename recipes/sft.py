@@ -22,6 +22,7 @@ import trl
 
 from recipes.config import LoraArguments, RunArguments, TrainerDefaults, parse_config
 from recipes.errors import UserError
+from recipes.progress import StepProgress
 from recipes.rundir import RunDir, require_parent, weights_hash
 
 STAGE = "sft"
@@ -244,7 +245,8 @@ def main(config: SFTStageConfig) -> dict:
 
     gold = GoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,
                             batch_size=config.per_device_eval_batch_size)
-    trainer = build_trainer(config, model, tokenizer, train, test, output_dir=run.checkpoints_dir, callbacks=[gold])
+    trainer = build_trainer(config, model, tokenizer, train, test, output_dir=run.checkpoints_dir,
+                            callbacks=[gold, StepProgress(STAGE)])
     gold.attach(trainer)
     result = trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
 
@@ -279,7 +281,11 @@ def main(config: SFTStageConfig) -> dict:
     return metrics
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(SFTStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(SFTStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

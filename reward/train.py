@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 
 from recipes.config import LoraArguments, RunArguments, parse_config, resolve_trainer_precision
 from recipes.errors import UserError
+from recipes.progress import StepProgress
 from recipes.rundir import RunDir, require_parent
 
 STAGE = "reward"
@@ -293,7 +294,7 @@ def main(config: RewardStageConfig) -> dict:
     trainer = trl.RewardTrainer(
         model=model, args=config, train_dataset=train_pairs,
         eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
-        processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback])
+        processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback, StepProgress(STAGE)])
 
     result = trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
     eval_result = trainer.evaluate()  # the callback runs the gold checks on the final model too
@@ -352,7 +353,11 @@ def summary_line(metrics: dict, run: RunDir) -> str:
     return "  ".join(parts)
 
 
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(RewardStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
+
+
 def cli(argv: list[str]) -> int:
-    config = parse_config(RewardStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
-    main(config)
+    main(parse(argv))
     return 0

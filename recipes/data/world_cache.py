@@ -62,12 +62,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLHF_LAB_CACHE") or Path.home() / ".cache" / "rlhf-lab")
 
 
-def world_dir(world: WorldSource) -> Path:
-    """The directory holding `world`'s kind, generating it first if it is not cached yet."""
-    from ..world import GENERATOR_VERSION, SIZES, generate, size_key
+def cached_dir(world: WorldSource) -> Path:
+    """Where `world`'s kind is cached (it may not be there yet)."""
+    from ..world import GENERATOR_VERSION, SIZES, size_key
 
     key = size_key(SIZES[world.size], world.kind)
-    final = cache_root() / "world" / f"v{GENERATOR_VERSION}" / f"{world.size}-{key}-seed{world.seed}" / world.kind
+    return cache_root() / "world" / f"v{GENERATOR_VERSION}" / f"{world.size}-{key}-seed{world.seed}" / world.kind
+
+
+def world_dir(world: WorldSource) -> Path:
+    """The directory holding `world`'s kind, generating it first if it is not cached yet."""
+    from ..world import generate
+
+    final = cached_dir(world)
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

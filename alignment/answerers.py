@@ -1,0 +1,112 @@
+"""Models to look at: a run directory turned into something that answers prompts, and the gold and
+proxy scores of its answers. Shared by `rlhf-lab chat` and `rlhf-lab sample`.
+
+A RUN_DIR is a stage's run directory (runs/<recipe>/sft, runs/<recipe>/align-dpo, ...) or a saved
+model directory. A best-of-n run answers as its policy does: n samples from its SFT model, the one
+its reward model scores highest. The proxy score comes from the recipe's reward model
+(runs/<recipe>/reward/model beside the run) unless another is named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from recipes.errors import UserError
+
+
+@dataclasses.dataclass
+class Answerer:
+    name: str
+    model: object
+    tokenizer: object
+    best_of_n: int = 1
+    chooser: object = None  # the best-of-n policy's own reward model
+
+    @property
+    def context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+
+    def answer(self, prompts: list, *, max_new_tokens: int, temperature: float, seed: int = 0):
+        from recipes.generation import generate_answers
+        from reward import score
+
+        sampling = dict(do_sample=temperature > 0, temperature=temperature or 1.0)
+        if self.best_of_n == 1:
+            return generate_answers(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed,
+                                    **sampling)
+        sampling = dict(do_sample=True, temperature=temperature or 1.0)  # n greedy answers would be one answer
+        rounds = [generate_answers(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                   seed=seed + k, **sampling) for k in range(self.best_of_n)]
+        proxies = [score(self.chooser, self.tokenizer, prompts, [a.text for a in answers],
+                         ended=[a.ended for a in answers]) for answers in rounds]
+        best = [max(range(self.best_of_n), key=lambda k: (proxies[k][i], -k)) for i in range(len(prompts))]
+        return [rounds[k][i] for i, k in enumerate(best)]
+
+
+def model_dir_of(path: Path) -> Path:
+    if (path / "model" / "config.json").is_file():
+        return path / "model"
+    if (path / "config.json").is_file():
+        return path
+    raise UserError(f"{path}: not a run directory with a finished model/ nor a saved model directory (no config.json)")
+
+
+def load_answerer(path: str | Path) -> Answerer:
+    from alignment.best_of_n import REWARD_SUBDIR, SPEC_FILE
+    from alignment.common import load_policy, load_reward_model
+
+    path = Path(path)
+    model_dir = model_dir_of(path)
+    name = path.name if model_dir != path else (path.parent.name if path.name == "model" else path.name)
+    model, tokenizer = load_policy(model_dir)
+    model.eval()
+    spec_file = model_dir / SPEC_FILE
+    if spec_file.is_file():
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        return Answerer(name, model, tokenizer, best_of_n=int(spec["n"]),
+                        chooser=load_reward_model(model_dir / REWARD_SUBDIR))
+    return Answerer(name, model, tokenizer)
+
+
+@dataclasses.dataclass
+class Proxy:
+    model: object
+    tokenizer: object
+    path: Path
+
+
+def find_reward_model(run_dirs: list[str], explicit: str | None) -> Proxy | None:
+    """The proxy reward model: `explicit`, else the recipe's reward/model beside the first run; None if neither."""
+    import base_model
+    from alignment.common import load_reward_model
+
+    candidates = [model_dir_of(Path(explicit))] if explicit else []
+    for run_dir in map(Path, run_dirs):
+        recipe_runs = run_dir.parent.parent if run_dir.name == "model" else run_dir.parent
+        candidates.append(recipe_runs / "reward" / "model")
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return Proxy(load_reward_model(candidate), base_model.load_tokenizer(str(candidate)), candidate)
+    return None
+
+
+def scores(prompts: list, answers, proxy_model: Proxy | None) -> list[dict]:
+    """Gold total and family of each answer (world prompts), and the proxy's score when there is a reward model."""
+    from recipes.world import gold_reward
+    from reward import score
+
+    proxy = [None] * len(answers) if proxy_model is None else score(
+        proxy_model.model, proxy_model.tokenizer, prompts, [a.text for a in answers], ended=[a.ended for a in answers])
+    out = []
+    for prompt, answer, p in zip(prompts, answers, proxy):
+        gold = gold_reward(prompt, answer.text, ended=answer.ended)
+        out.append({"gold": gold.total, "family": gold.family, "proxy": p, "ended": answer.ended})
+    return out
+
+
+def score_line(s: dict) -> str:
+    gold = f"gold {s['gold']:+.2f} ({s['family']})" if s["family"] != "unknown" else "gold - (not a world prompt)"
+    proxy = f"proxy {s['proxy']:+.2f}" if s["proxy"] is not None else "proxy - (no reward model)"
+    return f"{gold} | {proxy}" + ("" if s["ended"] else " | cut off")

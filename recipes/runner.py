@@ -1,0 +1,329 @@
+"""`rlhf-lab run recipes/<name>`: a whole recipe in order, each stage skipped when already done.
+
+    rlhf-lab run recipes/tinyworld [--from STAGE] [--seeds 0,1,2] [--runs_root DIR] [--set STAGE.KEY=VALUE ...]
+
+A recipe is its folder: `pretrain.yaml`, `sft.yaml`, `reward.yaml` and one `align-<method>.yaml` per
+alignment method, each the config of one stage (`rlhf-lab <stage> --config FILE` runs it alone). The
+runner makes the world data the configs name, runs the stages it finds in that order, then
+`rlhf-lab compare` on the results.
+
+A stage is skipped, and says so, when its run directory holds a finished run whose saved config.yaml
+equals the stage's resolved config now and whose parents (the models it started from or was scored
+with) still have the weights it recorded; otherwise it runs again, replacing the old run. So editing a
+key reruns that stage, and its descendants rerun only if its output changed. `--from STAGE` reruns
+that stage and every one after it; `--seeds` repeats the alignment stages once per seed (the YAML's
+seed in align-<method>/, the others in align-<method>-seed<k>/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recipes.config import config_dict
+from recipes.errors import UserError
+from recipes.rundir import RunDir, weights_hash
+
+TRAINING_STAGES = {"pretrain": "base_model.pretrain", "sft": "recipes.sft", "reward": "reward.train"}
+ALIGN_PREFIX = "align-"
+COMPARE = "compare"
+WORLD = "world"
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str  # its run directory under <runs_root>/<recipe>/
+    module: str  # exposes parse(argv) -> config and main(config) -> metrics
+    argv: list[str]
+    config_file: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return "align" if self.name.startswith(ALIGN_PREFIX) else self.name
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan
+
+
+def method_module(method: str) -> str:
+    from alignment.cli import MODULES
+
+    return MODULES[method]
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, list[str]]:
+    """`--set sft.learning_rate=1e-3` -> {"sft": ["--learning_rate", "1e-3"]}; `align.KEY` means every method."""
+    overrides: dict[str, list[str]] = {}
+    for pair in pairs:
+        target, eq, value = pair.partition("=")
+        stage, dot, key = target.partition(".")
+        if not eq or not dot or not stage or not key:
+            raise UserError(f"command line: --set expects STAGE.KEY=VALUE (e.g. sft.learning_rate=1e-4), got '{pair}'")
+        overrides.setdefault(stage, []).extend([f"--{key}", value])
+    return overrides
+
+
+def plan(recipe_dir: Path, *, seeds: list[int] | None, runs_root: str | None,
+         overrides: dict[str, list[str]]) -> list[Stage]:
+    """The recipe's stages in the order they run (world data and compare not included)."""
+    from alignment.common import METHODS
+
+    if not recipe_dir.is_dir():
+        raise UserError(f"{recipe_dir}: recipe folder not found (expected e.g. recipes/tinyworld)")
+    common = ["--recipe", recipe_dir.resolve().name] + (["--runs_root", runs_root] if runs_root else [])
+    stages = []
+    for name, module in TRAINING_STAGES.items():
+        path = recipe_dir / f"{name}.yaml"
+        if path.is_file():
+            stages.append(Stage(name, module, ["--config", str(path), *common, *overrides.pop(name, [])], path))
+    methods = []
+    for path in sorted(recipe_dir.glob(f"{ALIGN_PREFIX}*.yaml")):
+        method = path.stem[len(ALIGN_PREFIX):]
+        if method not in METHODS:
+            raise UserError(f"{path}: unknown alignment method '{method}'; expected align-<method>.yaml with "
+                            f"method one of {', '.join(METHODS)}")
+        methods.append((METHODS.index(method), method, path))
+    methods.sort()
+    align_overrides = overrides.pop("align", [])
+    method_overrides = {method: overrides.pop(f"{ALIGN_PREFIX}{method}", []) for _, method, _ in methods}
+    if overrides:
+        known = list(TRAINING_STAGES) + ["align"] + [f"{ALIGN_PREFIX}{m}" for _, m, _ in methods]
+        raise UserError(f"command line: --set names stage '{next(iter(overrides))}', which recipe {recipe_dir} "
+                        f"does not have (stages: {', '.join(known)})")
+    if not stages and not methods:
+        raise UserError(f"{recipe_dir}: no stage configs (expected pretrain.yaml, sft.yaml, reward.yaml "
+                        "or align-<method>.yaml)")
+
+    yaml_seeds = {method: _yaml_seed(path) for _, method, path in methods}
+    for seed in seeds or [None]:
+        for _, method, path in methods:
+            argv = ["--config", str(path), *common, *align_overrides, *method_overrides[method]]
+            name = f"{ALIGN_PREFIX}{method}"
+            if seed is not None and seed != yaml_seeds[method]:
+                name = f"{name}-seed{seed}"
+                argv += ["--seed", str(seed), "--run_name", name]
+            stages.append(Stage(name, method_module(method), argv, path))
+    return stages
+
+
+def _yaml_seed(path: Path) -> int:
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return int(values.get("seed", 0)) if isinstance(values, dict) else 0
+
+
+def world_sources(configs: list[Any]) -> list[str]:
+    """Every `world:` data source the resolved configs name, in order of first mention."""
+    from recipes.data.world_cache import PREFIX
+
+    sources: list[str] = []
+    for config in configs:
+        for value in config_dict(config).values():
+            if isinstance(value, str) and value.startswith(PREFIX) and value not in sources:
+                sources.append(value)
+    return sources
+
+
+# ----------------------------------------------------------------------------------------------
+# Is a stage done?
+
+
+def recorded_parents(manifest: dict) -> list[tuple[str, Path, str]]:
+    """(what, model directory, weights sha256) of every model the run recorded starting from or scoring with."""
+    parents = []
+    parent = manifest.get("parent") or {}
+    if parent.get("weights_sha256"):
+        parents.append((parent.get("stage", "parent"), Path(parent["dir"]) / "model", parent["weights_sha256"]))
+    data = manifest.get("data") or {}
+    for key in ("sft", "reward"):
+        if data.get(f"{key}_model") and data.get(f"{key}_weights_sha256"):
+            parents.append((f"{key} model", Path(data[f"{key}_model"]), data[f"{key}_weights_sha256"]))
+    return parents
+
+
+def reason_to_run(run: RunDir, config: Any) -> str | None:
+    """Why the stage must run, or None when its finished run is up to date."""
+    manifest = run.manifest()
+    if manifest is None:
+        return "not run yet"
+    if not run.is_finished():
+        return "its last run did not finish"
+    try:
+        saved = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return "its config.yaml is missing or unreadable"
+    current = config_dict(config)
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return "config changed: " + ", ".join(changed[:3]) + more
+    for what, model_dir, sha in recorded_parents(manifest):
+        if not model_dir.is_dir():
+            return f"its {what} ({model_dir}) is gone"
+        if weights_hash(model_dir) != sha:
+            return f"its {what} changed"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# What each stage prints when it is done
+
+
+def headline(stage: str, metrics: dict) -> str:
+    m = metrics
+    try:
+        if stage == "pretrain":
+            return f"eval loss {m['initial_eval_loss']:.3f} -> {m['eval_loss']:.3f} ({m['steps']} steps)"
+        if stage == "sft":
+            return (f"gold reward {m['pretrained_gold_reward']:+.3f} (pretrained) -> {m['gold_reward']:+.3f}, "
+                    f"ends its turn {m['end_of_turn_rate']:.0%}")
+        if stage == "reward":
+            return (f"accuracy {m['accuracy']:.3f} = {m['accuracy_of_ceiling']:.0%} of the noise ceiling, "
+                    f"rank correlation with gold {m['gold_rank_correlation']:.3f}")
+        if stage.startswith(ALIGN_PREFIX):
+            return (f"gold {m['sft_gold_reward']:+.3f} (SFT) -> {m['gold_reward']:+.3f} "
+                    f"[{m['gold_reward_low']:+.3f}, {m['gold_reward_high']:+.3f}], win {m['win_rate']:.0%}, "
+                    f"KL {m['kl']:.3f}")
+    except (KeyError, TypeError):
+        pass
+    return ", ".join(f"{k} {v:.4g}" for k, v in list(m.items())[:3] if isinstance(v, (int, float)))
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+
+
+def parser() -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UserError(f"command line: {message}")
+
+    p = Parser(prog="rlhf-lab run", description="Run a whole recipe in order (world data, pretrain, SFT, reward, "
+               "every alignment method, compare), skipping stages that are already done.")
+    p.add_argument("recipe", help="the recipe folder, e.g. recipes/tinyworld")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="rerun this stage and every later one: world, pretrain, sft, reward, align, align-<method>, compare")
+    p.add_argument("--seeds", help="comma-separated seeds to repeat the alignment stages with, e.g. 0,1,2")
+    p.add_argument("--runs_root", help="root of the run directories (default: $RLHF_LAB_RUNS, else ./runs)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="override one key of one stage (align.KEY: every method); repeatable")
+    return p
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"command line: --seeds expects comma-separated integers, got '{text}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"command line: --seeds expects distinct integers, got '{text}'")
+    return seeds
+
+
+def first_forced(order: list[str], from_stage: str | None) -> int:
+    """Index of the first stage `--from` forces to rerun (len(order) when none)."""
+    if from_stage is None:
+        return len(order)
+    for i, name in enumerate(order):
+        if name == from_stage or (from_stage == "align" and name.startswith(ALIGN_PREFIX)) \
+                or name.startswith(f"{from_stage}-seed"):
+            return i
+    raise UserError(f"command line: --from names stage '{from_stage}'; this recipe's stages are "
+                    + ", ".join(dict.fromkeys(["align" if n.startswith(ALIGN_PREFIX) else n for n in order]
+                                              + [n for n in order if n.startswith(ALIGN_PREFIX)])))
+
+
+def run_recipe(recipe_dir: Path, *, from_stage: str | None = None, seeds: list[int] | None = None,
+               runs_root: str | None = None, overrides: list[str] = ()) -> dict[str, str]:
+    """Run the recipe; returns {stage: "ran" | "skipped"}."""
+    from recipes.progress import recipe_bar
+
+    stages = plan(recipe_dir, seeds=seeds, runs_root=runs_root, overrides=parse_overrides(list(overrides)))
+    configs = {s.name: importlib.import_module(s.module).parse(s.argv) for s in stages}  # every config checked first
+    recipe = recipe_dir.resolve().name
+    root = next(iter(configs.values())).resolved_runs_root()
+    order = [WORLD] + [s.name for s in stages] + [COMPARE]
+    forced_from = first_forced(order, from_stage)
+    print(f"recipe {recipe}: {len(order)} stages -> {root / recipe}")
+
+    outcome: dict[str, str] = {}
+    started = time.time()
+    bar = recipe_bar(len(order), recipe)
+    try:
+        outcome[WORLD] = run_world(world_sources(list(configs.values())), forced=forced_from == 0)
+        bar.update()
+        for i, stage in enumerate(stages, start=1):
+            config = configs[stage.name]
+            run = RunDir(root, recipe, stage.name)
+            reason = f"--from {from_stage}" if i >= forced_from else reason_to_run(run, config)
+            if reason is None:
+                print(f"[{stage.name}] skipped: finished, same config and parents  "
+                      f"({headline(stage.name, run.manifest()['metrics'])})")
+                outcome[stage.name] = "skipped"
+            else:
+                print(f"[{stage.name}] running ({reason})", flush=True)
+                config.overwrite = run.path.exists()
+                t0 = time.time()
+                metrics = importlib.import_module(stage.module).main(config)
+                print(f"[{stage.name}] done in {time.time() - t0:.0f} s: {headline(stage.name, metrics)}", flush=True)
+                outcome[stage.name] = "ran"
+            bar.update()
+        outcome[COMPARE] = run_compare(root / recipe, forced=len(order) - 1 >= forced_from)
+        bar.update()
+    finally:
+        bar.close()
+    ran = sum(v == "ran" for v in outcome.values())
+    print(f"recipe {recipe}: {ran} stages ran, {len(outcome) - ran} skipped, {time.time() - started:.0f} s")
+    return outcome
+
+
+def run_world(sources: list[str], *, forced: bool) -> str:
+    """Make (or find cached) every world dataset the recipe names."""
+    import shutil
+
+    from recipes.data.world_cache import cached_dir, parse_world_source, world_dir
+
+    worlds = list(dict.fromkeys(parse_world_source(s) for s in sources))
+    missing = [w for w in worlds if forced or not cached_dir(w).is_dir()]
+    if not worlds:
+        print(f"[{WORLD}] skipped: the recipe names no world data")
+        return "skipped"
+    if not missing:
+        print(f"[{WORLD}] skipped: {len(worlds)} world datasets cached ({', '.join(map(str, worlds))})")
+        return "skipped"
+    print(f"[{WORLD}] running ({'--from ' + WORLD if forced else 'not cached yet'})", flush=True)
+    t0 = time.time()
+    for world in missing:
+        if forced and cached_dir(world).is_dir():
+            shutil.rmtree(cached_dir(world))
+        world_dir(world)
+    print(f"[{WORLD}] done in {time.time() - t0:.0f} s: generated {', '.join(map(str, missing))}", flush=True)
+    return "ran"
+
+
+def run_compare(recipe_runs: Path, *, forced: bool) -> str:
+    from alignment.compare import CompareConfig, is_up_to_date, main as compare
+
+    config = CompareConfig(run_dir=str(recipe_runs))
+    if not forced and is_up_to_date(config):
+        print(f"[{COMPARE}] skipped: the alignment runs have not changed since {recipe_runs / COMPARE} was written")
+        print((recipe_runs / COMPARE / "compare.md").read_text(encoding="utf-8").split("\n\n", 1)[-1], end="")
+        return "skipped"
+    print(f"[{COMPARE}] running", flush=True)
+    compare(config)
+    return "ran"
+
+
+def cli(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    run_recipe(Path(args.recipe), from_stage=args.from_stage, seeds=parse_seeds(args.seeds),
+               runs_root=args.runs_root, overrides=args.overrides)
+    return 0

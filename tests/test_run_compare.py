@@ -1,0 +1,181 @@
+"""`rlhf-lab run` on the smoke recipe end to end, its skipping and reruns, and `rlhf-lab compare`'s
+table, CSV, plots and TensorBoard data."""
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recipes.cli import main as rlhf_lab
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["dpo", "kto", "grpo", "rloo", "ppo", "best-of-n"]
+STAGES = ["world", "pretrain", "sft", "reward"] + [f"align-{m}" for m in METHODS] + ["compare"]
+
+
+def outcomes(output: str) -> dict[str, str]:
+    """{stage: "ran" | "skipped"} from the runner's output lines."""
+    found = {}
+    for stage, word in re.findall(r"^\[([\w-]+)\] (running|skipped)", output, flags=re.M):
+        found[stage] = "ran" if word == "running" else "skipped"
+    return found
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    """A copy of recipes/smoke the tests may edit, in a folder also named smoke."""
+    folder = tmp_path_factory.mktemp("recipes") / "smoke"
+    shutil.copytree(REPO / "recipes" / "smoke", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first_run(recipe, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    return runs, recipe
+
+
+def run(recipe: Path, runs: Path, capsys, *extra: str) -> dict[str, str]:
+    assert rlhf_lab(["run", str(recipe), "--runs_root", str(runs), *extra]) == 0
+    return outcomes(capsys.readouterr().out)
+
+
+def test_run_then_rerun_skips_then_an_edited_key_reruns_that_stage_and_its_descendants(first_run, capsys):
+    runs, recipe = first_run
+    first = run(recipe, runs, capsys)
+    assert list(first) == STAGES
+    assert all(first[s] == "ran" for s in STAGES if s != "world")  # the world may be cached by other tests
+    for method in METHODS:
+        manifest = json.loads((runs / "smoke" / f"align-{method}" / "manifest.json").read_text())
+        assert manifest["status"] == "finished" and manifest["data"]["method"] == method
+    assert (runs / "smoke" / "compare" / "compare.md").is_file()
+
+    second = run(recipe, runs, capsys)
+    assert second == dict.fromkeys(STAGES, "skipped")
+
+    config = yaml.safe_load((recipe / "reward.yaml").read_text())
+    config["learning_rate"] = config["learning_rate"] * 2
+    (recipe / "reward.yaml").write_text(yaml.safe_dump(config))
+    third = run(recipe, runs, capsys)
+    assert {s for s, o in third.items() if o == "ran"} == {"reward", *[f"align-{m}" for m in METHODS], "compare"}
+    assert third["pretrain"] == third["sft"] == "skipped"
+
+
+def test_from_reruns_that_stage_and_every_later_one(first_run, capsys):
+    runs, recipe = first_run
+    rerun = run(recipe, runs, capsys, "--from", "align-ppo")
+    assert {s for s, o in rerun.items() if o == "ran"} == {"align-ppo", "align-best-of-n", "compare"}
+
+
+def test_set_overrides_one_key_and_seeds_repeat_the_alignment_stages(first_run, capsys):
+    runs, recipe = first_run
+    done = run(recipe, runs, capsys, "--seeds", "0,1", "--set", "align-best-of-n.n=3")
+    assert done["align-best-of-n"] == "ran" and done["align-dpo"] == "skipped"
+    assert {s for s, o in done.items() if s.endswith("-seed1")} == {f"align-{m}-seed1" for m in METHODS}
+    assert all(done[f"align-{m}-seed1"] == "ran" for m in METHODS)
+    manifest = json.loads((runs / "smoke" / "align-dpo-seed1" / "manifest.json").read_text())
+    assert manifest["seed"] == 1 and manifest["data"]["method"] == "dpo"
+    assert yaml.safe_load((runs / "smoke" / "align-best-of-n" / "config.yaml").read_text())["n"] == 3
+
+    with open(runs / "smoke" / "compare" / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for method in ["sft"] + METHODS:
+        seeds = [r["seed"] for r in rows if r["method"] == method]
+        assert seeds == ["0", "1", "mean"], (method, seeds)
+    mean = next(r for r in rows if r["method"] == "dpo" and r["seed"] == "mean")
+    per_seed = [float(r["gold_reward"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
+    assert float(mean["gold_reward"]) == pytest.approx(sum(per_seed) / 2)
+    assert float(mean["gold_reward_low"]) <= float(mean["gold_reward"]) <= float(mean["gold_reward_high"])
+
+
+def test_compare_holds_a_row_per_method_with_every_column_and_real_plots(first_run, capsys):
+    runs, recipe = first_run
+    if not (runs / "smoke" / "compare" / "compare.csv").is_file():
+        run(recipe, runs, capsys)
+    shutil.rmtree(runs / "smoke" / "compare")
+    assert rlhf_lab(["compare", str(runs / "smoke")]) == 0
+    out = capsys.readouterr().out
+    assert "| method | seed | gold |" in out
+    compare = runs / "smoke" / "compare"
+    with open(compare / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = ["gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "length",
+               "gold/chat", "gold/math", "gold/safety", "gold/stories", "gold/words", "math_accuracy",
+               "harmful_compliance", "over_refusal", "wall_time_s", "tokens_generated"]
+    assert set(columns) <= set(rows[0])
+    seed0 = [r for r in rows if r["seed"] == "0"]
+    assert [r["method"] for r in seed0] == ["sft"] + METHODS
+    for row in seed0[1:]:
+        for column in columns:
+            assert row[column] != "", (row["method"], column)
+        assert float(row["wall_time_s"]) > 0
+        sampled = row["method"] in ("grpo", "rloo", "ppo", "best-of-n")  # smoke DPO/KTO train on the world's pairs
+        assert (int(float(row["tokens_generated"])) > 0) == sampled, row["method"]
+        assert 0.0 <= float(row["win_rate"]) <= 1.0
+    md = (compare / "compare.md").read_text()
+    assert all(f"| {m} | 0 |" in md for m in ["sft"] + METHODS)
+
+    import matplotlib.image
+
+    for name in ("frontier.png", "training.png", "families.png"):
+        data = (compare / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        image = matplotlib.image.imread(compare / name)
+        assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.01  # not a blank canvas
+
+
+def summary_tags(folder: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags = set()
+    for events in folder.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_tensorboard_holds_hparams_and_a_custom_scalars_layout(first_run, capsys):
+    runs, recipe = first_run
+    if not (runs / "smoke" / "compare" / "tb").is_dir():
+        run(recipe, runs, capsys)
+    tb = runs / "smoke" / "compare" / "tb"
+    assert "custom_scalars__config__" in summary_tags(tb)
+    sessions = sorted(p.name for p in tb.iterdir() if p.is_dir())
+    assert {f"{m}-seed0" for m in ["sft"] + METHODS} <= set(sessions)
+    tags = summary_tags(tb / "ppo-seed0")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= tags
+    assert "compare/gold_reward" in tags and "compare/kl" in tags
+
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    layout = None
+    for events in tb.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "custom_scalars__config__":
+                    layout = layout_pb2.Layout.FromString(value.tensor.string_val[0])
+    charts = {chart.title: list(chart.multiline.tag) for category in layout.category for chart in category.chart}
+    assert charts["gold reward"] == [r"gold_eval/gold_reward$"]
+    assert "KL to SFT" in charts and "proxy reward" in charts
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "recipes/nope"], "recipes/nope: recipe folder not found"),
+    (["run", "recipes/smoke", "--from", "rewrd"], "--from names stage 'rewrd'"),
+    (["run", "recipes/smoke", "--seeds", "0,x"], "--seeds expects comma-separated integers"),
+    (["run", "recipes/smoke", "--set", "sft.learning_rate"], "--set expects STAGE.KEY=VALUE"),
+    (["run", "recipes/smoke", "--set", "critic.learning_rate=1"], "--set names stage 'critic'"),
+    (["run", "recipes/smoke", "--set", "sft.learning_rat=1"], "unknown key 'learning_rat'"),
+    (["compare", "runs/definitely-not-here"], "runs/definitely-not-here: no such run directory"),
+])
+def test_bad_input_stops_with_one_line(argv, expected, capsys, tmp_path):
+    argv = [a if not a.startswith("recipes/") else str(REPO / a) if a == "recipes/smoke" else a for a in argv]
+    assert rlhf_lab(argv + (["--runs_root", str(tmp_path)] if argv[0] == "run" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not any(tmp_path.iterdir())  # nothing written
