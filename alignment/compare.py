@@ -13,7 +13,10 @@ Reads the finished `align-*` run directories under runs/<name> (one per method, 
                               evaluation metric of every method on one chart
     manifest.json             the runs compared (to know when it is out of date) and the rows
 
-All numbers are the methods' own final evaluations (alignment/evaluate.py: same prompts, same sampling).
+All numbers are the methods' own final evaluations (alignment/evaluate.py: same prompts, same sampling),
+but for two costs: wall time is the whole stage's, evaluations included; tokens generated are those a
+method sampled to learn or choose from (DPO/KTO's sampled pairs, PPO/GRPO/RLOO's rollouts, best-of-n's
+n answers per prompt), the evaluations' own samples left out.
 """
 
 from __future__ import annotations

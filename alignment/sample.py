@@ -68,7 +68,7 @@ def side_by_side(prompts, names: list[str], answers: dict, scored: dict) -> str:
 def main(args) -> str:
     from alignment.answerers import find_reward_model, load_answerer, score_line, scores
 
-    prompts = load_sample_prompts(args.prompts, args.n)
+    prompts = load_sample_prompts(args.prompts, args.n, args.eval_prompts)
     proxy = find_reward_model(args.run_dirs, args.reward_model)
     answers, scored, names = {}, {}, []
     for run_dir in args.run_dirs:
@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reward_model", help="proxy reward model (default: the recipe's reward/model)")
+    p.add_argument("--eval_prompts", default=WORLD_EVAL, help=f"where a family's prompts come from (default {WORLD_EVAL})")
     p.add_argument("--out", help="also write the side-by-side answers to this markdown file")
     return p
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "sft": ("recipes.sft", "supervised fine-tuning on conversations, loss on assistant turns only"),
     "reward": ("reward.train", "train a reward model on preference pairs and check it against the gold reward"),
     "align": ("alignment.cli", "align the SFT model: --method dpo, kto, grpo, rloo, ppo or best-of-n"),
+    "overoptimization": ("alignment.overoptimization", "reward over-optimisation (Gao et al. 2022): gold vs sqrt(KL) for weak proxies"),
     "compare": ("alignment.compare", "compare a recipe's alignment runs: table, plots, TensorBoard HParams"),
     "run": ("recipes.runner", "run a whole recipe in order, skipping stages already done, then compare"),
     "sample": ("alignment.sample", "answer the same prompts side by side with several models, gold and proxy scored"),

@@ -35,12 +35,15 @@ def step_bar(total: int, desc: str, initial: int = 0):
 
 
 class StepProgress(TrainerCallback):
-    """`step_bar` driven by a transformers/TRL trainer (or anything that calls these hooks with a state)."""
+    """`step_bar` driven by a transformers/TRL trainer (or anything that calls these hooks with a state),
+    for trainers whose own bar is off (`disable_tqdm: true`, which keeps their log lines readable)."""
 
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if not getattr(args, "disable_tqdm", True):
+            return  # the trainer draws its own step bar: one is enough
         self.bar = step_bar(state.max_steps, self.desc, initial=state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):

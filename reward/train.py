@@ -67,6 +67,14 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
                              "same prompt cannot (see reward/sft_pairs.py). Needs sft_sample_pairs."})
     sft_sample_max_new_tokens: int = dataclasses.field(
         default=160, metadata={"help": "Most tokens per sampled answer for sft_sample_pairs."})
+    max_train_pairs: int | None = dataclasses.field(
+        default=None, metadata={"help": "Train on only the first this many preference pairs (fewer labels; "
+                                "recipes/overoptimization). Default: all."})
+    label_flip_rate: float = dataclasses.field(
+        default=0.0, metadata={"help": "Swap chosen and rejected of this share of the training pairs (seeded): "
+                               "noisier labels on purpose (recipes/overoptimization). Held-out pairs stay as they are."})
+    run_name: str | None = dataclasses.field(
+        default=None, metadata={"help": "The run's directory under <runs_root>/<recipe>/. Default: reward."})
     annotator_bt_temperature: float | None = dataclasses.field(
         default=None, metadata={"help": "Bradley-Terry temperature of the labels, for the noise ceiling. "
                                 "Default: the world's, for world data."})
@@ -93,6 +101,12 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
             import torch
 
             self.activation_checkpointing = torch.cuda.is_available()
+        if self.max_train_pairs is not None and self.max_train_pairs <= 0:
+            raise ValueError(f"key 'max_train_pairs' must be a positive integer or null, got {self.max_train_pairs}")
+        if not 0.0 <= self.label_flip_rate <= 1.0:
+            raise ValueError(f"key 'label_flip_rate' must be between 0 and 1, got {self.label_flip_rate}")
+        if self.run_name is not None and (not self.run_name.startswith(STAGE) or "/" in self.run_name):
+            raise ValueError(f"key 'run_name' must start with '{STAGE}' and name one directory, got '{self.run_name}'")
         for key in ("sft_sample_pairs", "sft_sample_cross_pairs"):
             if getattr(self, key) < 0:
                 raise ValueError(f"key '{key}' must be 0 or more, got {getattr(self, key)}")
@@ -140,7 +154,22 @@ def load_pairs(config: RewardStageConfig):
         if not columns["prompt"]:
             raise UserError(f"{config.dataset_name}: split '{split}' holds no preference pairs")
     train = {k: v for k, v in train.items() if k in ("prompt", "chosen", "rejected")}
+    if config.max_train_pairs is not None:
+        train = {k: v[:config.max_train_pairs] for k, v in train.items()}
+    if config.label_flip_rate:
+        train = flip_labels(train, config.label_flip_rate, config.seed)
     return datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(test)
+
+
+def flip_labels(pairs: dict[str, list], rate: float, seed: int) -> dict[str, list]:
+    """The pairs with chosen and rejected swapped on a seeded `rate` share of them."""
+    import random
+
+    rng = random.Random(f"label-flips-{seed}")
+    flip = [rng.random() < rate for _ in pairs["prompt"]]
+    chosen = [r if f else c for c, r, f in zip(pairs["chosen"], pairs["rejected"], flip)]
+    rejected = [c if f else r for c, r, f in zip(pairs["chosen"], pairs["rejected"], flip)]
+    return {**pairs, "chosen": chosen, "rejected": rejected}
 
 
 def data_fingerprint(config: RewardStageConfig) -> str:
@@ -249,7 +278,7 @@ def main(config: RewardStageConfig) -> dict:
     from reward.evaluate import evaluate_reward_model, sample_answers
 
     started = time.time()
-    run = RunDir.for_config(config, STAGE)
+    run = RunDir.for_config(config, config.run_name or STAGE)
     model_dir, parent = resolve_parent(config)
     train_pairs, test_pairs = load_pairs(config)
     annotators = annotator_noise(config)

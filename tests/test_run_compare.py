@@ -40,14 +40,15 @@ def first_run(recipe, tmp_path_factory):
 
 
 def run(recipe: Path, runs: Path, capsys, *extra: str) -> dict[str, str]:
-    assert rlhf_lab(["run", str(recipe), "--runs_root", str(runs), *extra]) == 0
+    jobs = [] if "--jobs" in extra else ["--jobs", "1"]  # in-process: a smoke stage is shorter than a process start
+    assert rlhf_lab(["run", str(recipe), "--runs_root", str(runs), *jobs, *extra]) == 0
     return outcomes(capsys.readouterr().out)
 
 
 def test_run_then_rerun_skips_then_an_edited_key_reruns_that_stage_and_its_descendants(first_run, capsys):
     runs, recipe = first_run
     first = run(recipe, runs, capsys)
-    assert list(first) == STAGES
+    assert sorted(first) == sorted(STAGES)
     assert all(first[s] == "ran" for s in STAGES if s != "world")  # the world may be cached by other tests
     for method in METHODS:
         manifest = json.loads((runs / "smoke" / f"align-{method}" / "manifest.json").read_text())
@@ -90,6 +91,23 @@ def test_set_overrides_one_key_and_seeds_repeat_the_alignment_stages(first_run, 
     per_seed = [float(r["gold_reward"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
     assert float(mean["gold_reward"]) == pytest.approx(sum(per_seed) / 2)
     assert float(mean["gold_reward_low"]) <= float(mean["gold_reward"]) <= float(mean["gold_reward_high"])
+
+
+def test_jobs_runs_the_alignment_stages_side_by_side_in_processes_of_their_own(first_run, capsys):
+    runs, recipe = first_run
+    assert rlhf_lab(["run", str(recipe), "--runs_root", str(runs), "--from", "align", "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    done = outcomes(out)
+    assert {s for s, o in done.items() if o == "ran"} >= {f"align-{m}" for m in METHODS} | {"compare"}
+    for method in METHODS:
+        assert f"[align-{method}] done in" in out
+        log = (runs / "smoke" / "logs" / f"align-{method}.log").read_text()
+        assert "gold" in log.splitlines()[-1]  # the stage's own closing line went to its log
+        manifest = json.loads((runs / "smoke" / f"align-{method}" / "manifest.json").read_text())
+        assert manifest["status"] == "finished"
+    import os
+
+    assert f"{max(1, (os.cpu_count() or 1) // 2)} thread(s)" in out  # the cores shared between the processes
 
 
 def test_compare_holds_a_row_per_method_with_every_column_and_real_plots(first_run, capsys):
@@ -179,3 +197,21 @@ def test_bad_input_stops_with_one_line(argv, expected, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("name", ["smoke", "tinyworld", "tinyworld-long", "overoptimization", "realdata-gpu"])
+def test_every_shipped_recipe_resolves_every_stage_config(name, monkeypatch):
+    """What `rlhf-lab run recipes/<name>` checks before running anything: each stage's YAML parses, keys known."""
+    import importlib
+
+    from recipes.runner import plan
+
+    monkeypatch.chdir(REPO)  # recipes name their include files relative to the repository
+    stages = plan(REPO / "recipes" / name, seeds=[0, 1], runs_root=None, overrides={})
+    assert stages
+    for stage in stages:
+        config = importlib.import_module(stage.module).parse(stage.argv)
+        assert config.recipe == name
+    if name in ("tinyworld", "tinyworld-long", "smoke"):
+        names = [s.name for s in stages]
+        assert names[:3] == ["pretrain", "sft", "reward"] and "align-ppo-seed1" in names and len(names) == 15

@@ -1,0 +1,256 @@
+"""Reward over-optimisation, after Gao et al. 2022: `rlhf-lab overoptimization --config recipes/overoptimization/overoptimization.yaml`.
+
+Proxy reward models are trained from the same SFT model on fewer or noisier labels (the reward stage
+with `max_train_pairs` and `label_flip_rate`), then each is optimised against:
+- best-of-n: n answers sampled from the SFT model per held-out prompt, the proxy's favourite kept,
+  for growing n (one pool of samples, the first n of it), at KL = log n - (n-1)/n;
+- PPO with little or no KL penalty, evaluated every few rollouts, so its KL to the SFT model grows.
+Gold and proxy reward are plotted against d = sqrt(KL), and Gao's functional forms are fitted to the
+gold reward's gain over the SFT model: best-of-n R(d) = d (alpha - beta d), RL R(d) = d (alpha - beta log d).
+The fitted gold peak (d* = alpha / 2 beta and exp(alpha / beta - 1)) is marked. Proxy reward keeps
+rising with KL; gold rises, peaks and falls, earlier for the weaker proxies.
+
+Writes runs/<recipe>/overoptimization/: overoptimization.png, results.json (every point and fit),
+results.md; the proxies' runs are runs/<recipe>/reward-<variant>/ and the PPO runs align-ppo-<variant>/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+from recipes.config import RunArguments, parse_config
+from recipes.errors import UserError
+from recipes.rundir import RunDir, atomic_write_text, require_parent, weights_hash
+
+STAGE = "overoptimization"
+
+
+@dataclasses.dataclass
+class OveroptimizationConfig(RunArguments):
+    parent_recipe: str = dataclasses.field(
+        default="tinyworld", metadata={"help": "The recipe whose SFT model is optimised: <runs_root>/<parent_recipe>/sft."})
+    sft_model_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "The SFT model directory instead of the parent recipe's."})
+    proxy_config: str = dataclasses.field(
+        default="recipes/overoptimization/proxy-reward.yaml",
+        metadata={"help": "Reward-stage YAML every proxy is trained with (then max_train_pairs, label_flip_rate)."})
+    proxy_pairs: list[int] = dataclasses.field(
+        default_factory=lambda: [4000, 1000, 250], metadata={"help": "Training pairs of each proxy."})
+    proxy_flip_rates: list[float] = dataclasses.field(
+        default_factory=lambda: [0.0, 0.0, 0.0], metadata={"help": "Share of each proxy's labels swapped on purpose."})
+    ppo_config: str = dataclasses.field(
+        default="recipes/overoptimization/ppo.yaml", metadata={"help": "PPO YAML run against each proxy."})
+    ppo_max_steps: int = dataclasses.field(default=60, metadata={"help": "PPO rollouts per proxy (0: no PPO)."})
+    ppo_eval_every: int = 6
+    ppo_kl_coef: float = dataclasses.field(default=0.0, metadata={"help": "PPO's KL penalty: small, so KL grows."})
+    best_of_n: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    eval_prompts: str = "world:eval?size=default&seed=0"
+    eval_prompts_split: str = "test"
+    eval_num_prompts: int = 200
+    eval_max_new_tokens: int = 160
+    eval_generation_batch_size: int = 32
+    seed: int = 0
+    config_files_sha256: str | None = dataclasses.field(
+        default=None, metadata={"help": "Set by the stage: hash of proxy_config and ppo_config, so editing them "
+                                "makes `rlhf-lab run` rerun this stage."})
+
+    def __post_init__(self):
+        if len(self.proxy_pairs) != len(self.proxy_flip_rates) or not self.proxy_pairs:
+            raise ValueError(f"keys 'proxy_pairs' and 'proxy_flip_rates' must be lists of one length, got "
+                             f"{len(self.proxy_pairs)} and {len(self.proxy_flip_rates)}")
+        if any(n <= 0 for n in self.proxy_pairs) or any(not 0 <= r <= 1 for r in self.proxy_flip_rates):
+            raise ValueError("key 'proxy_pairs' must hold positive integers and 'proxy_flip_rates' rates in [0, 1]")
+        if not self.best_of_n or any(n <= 0 for n in self.best_of_n):
+            raise ValueError(f"key 'best_of_n' must hold positive integers, got {self.best_of_n}")
+        for key in ("eval_num_prompts", "eval_max_new_tokens", "ppo_eval_every"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
+        digest = hashlib.sha256()
+        for key in ("proxy_config", "ppo_config"):
+            path = Path(getattr(self, key))
+            if not path.is_file():
+                raise ValueError(f"key '{key}': {path} not found")
+            digest.update(path.read_bytes())
+        self.config_files_sha256 = digest.hexdigest()[:16]
+
+    def proxies(self) -> list[tuple[str, int, float]]:
+        return [(f"reward-{n}pairs" + (f"-flip{round(r * 100)}" if r else ""), n, r)
+                for n, r in zip(self.proxy_pairs, self.proxy_flip_rates)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Gao et al.'s functional forms
+
+
+def fit_gao(d, gain, method: str) -> dict:
+    """Least-squares alpha, beta of gain(d) = d (alpha - beta d) (best-of-n) or d (alpha - beta log d) (RL),
+    and the fitted peak (d*, gain at d*); the peak is None when the fit never turns down (beta <= 0)."""
+    import numpy as np
+
+    d, gain = np.asarray(d, float), np.asarray(gain, float)
+    keep = d > 0
+    d, gain = d[keep], gain[keep]
+    if len(d) < 2:
+        return {"alpha": None, "beta": None, "peak_d": None, "peak_gain": None}
+    second = d * d if method == "best-of-n" else d * np.log(d)
+    (alpha, beta), *_ = np.linalg.lstsq(np.stack([d, -second], axis=1), gain, rcond=None)
+    peak = None
+    if beta > 1e-9 * max(1.0, abs(alpha)):  # a beta of rounding size means a curve that never turns down
+        peak = alpha / (2 * beta) if method == "best-of-n" else math.exp(alpha / beta - 1)
+    return {"alpha": float(alpha), "beta": float(beta), "peak_d": None if peak is None else float(peak),
+            "peak_gain": None if peak is None else float(gao_curve(peak, alpha, beta, method))}
+
+
+def gao_curve(d, alpha: float, beta: float, method: str):
+    import numpy as np
+
+    d = np.asarray(d, float)
+    return d * (alpha - beta * (d if method == "best-of-n" else np.log(np.maximum(d, 1e-12))))
+
+
+# ----------------------------------------------------------------------------------------------
+# The two optimisers
+
+
+def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: OveroptimizationConfig) -> dict[str, list[dict]]:
+    """{proxy: [{n, kl, gold, proxy}, ...]}: one pool of max(n) samples per prompt, the first n of it."""
+    import numpy as np
+
+    from alignment.best_of_n import analytic_kl, best_of
+    from alignment.common import load_policy, load_reward_model
+    from recipes.data import load_prompts
+    from recipes.generation import generate_answers
+    from recipes.world import gold_reward
+    from reward import score
+
+    policy, tokenizer = load_policy(sft_dir)
+    prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"][:config.eval_num_prompts]
+    pool = [generate_answers(policy, tokenizer, prompts, max_new_tokens=config.eval_max_new_tokens, do_sample=True,
+                             batch_size=config.eval_generation_batch_size, seed=config.seed + k)
+            for k in range(max(config.best_of_n))]
+    gold = np.array([[gold_reward(p, a.text, ended=a.ended).total for p, a in zip(prompts, answers)] for answers in pool])
+    curves = {}
+    for name, reward_dir in proxies.items():
+        reward_model = load_reward_model(reward_dir)
+        proxy = np.array([score(reward_model, tokenizer, prompts, [a.text for a in answers],
+                                ended=[a.ended for a in answers]) for answers in pool])
+        points = []
+        for n in sorted(set(config.best_of_n)):
+            chosen = best_of(proxy[:n].T.tolist())  # per prompt, the index of the proxy's favourite
+            rows = range(len(prompts))
+            points.append({"n": n, "kl": analytic_kl(n), "gold": float(np.mean([gold[chosen[i], i] for i in rows])),
+                           "proxy": float(np.mean([proxy[chosen[i], i] for i in rows]))})
+        curves[name] = points
+    return curves
+
+
+def ppo_curve(sft_dir: Path, reward_dir: Path, name: str, config: OveroptimizationConfig) -> list[dict]:
+    """PPO against one proxy; [{step, kl, gold, proxy}] at each of its evaluations."""
+    from alignment import ppo
+    from alignment.compare_plots import read_curves
+
+    argv = ["--config", config.ppo_config, "--sft_model_name_or_path", str(sft_dir),
+            "--reward_model_name_or_path", str(reward_dir), "--run_name", f"align-ppo-{name}",
+            "--max_steps", str(config.ppo_max_steps), "--eval_every", str(config.ppo_eval_every),
+            "--kl_coef", str(config.ppo_kl_coef), "--eval_prompts", config.eval_prompts,
+            "--eval_num_prompts", str(config.eval_num_prompts), "--eval_max_new_tokens", str(config.eval_max_new_tokens),
+            "--recipe", config.recipe, "--seed", str(config.seed), "--overwrite", "true"]
+    if config.runs_root:
+        argv += ["--runs_root", config.runs_root]
+    ppo_config = ppo.parse(argv)
+    ppo.main(ppo_config)
+    curves = read_curves(RunDir.for_config(ppo_config, f"align-ppo-{name}").tb_dir)
+    kl, gold, proxy = (dict(curves.get(k, [])) for k in ("kl", "gold", "proxy"))
+    return [{"step": s, "kl": kl[s], "gold": gold[s], "proxy": proxy.get(s)} for s in sorted(set(kl) & set(gold))]
+
+
+def train_proxy(sft_dir: Path, name: str, pairs: int, flip_rate: float, config: OveroptimizationConfig) -> tuple[Path, dict]:
+    from reward import train
+
+    argv = ["--config", config.proxy_config, "--model_name_or_path", str(sft_dir), "--run_name", name,
+            "--max_train_pairs", str(pairs), "--label_flip_rate", str(flip_rate), "--recipe", config.recipe,
+            "--seed", str(config.seed), "--overwrite", "true"]
+    if config.runs_root:
+        argv += ["--runs_root", config.runs_root]
+    reward_config = train.parse(argv)
+    metrics = train.main(reward_config)
+    return RunDir.for_config(reward_config, name).model_dir, metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+def resolve_sft(config: OveroptimizationConfig) -> tuple[Path, RunDir | None]:
+    if config.sft_model_name_or_path:
+        path = Path(config.sft_model_name_or_path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"key 'sft_model_name_or_path': {path} is not a saved model directory (no config.json)")
+        return path, None
+    parent_config = dataclasses.replace(config, recipe=config.parent_recipe)
+    try:
+        sft = require_parent(parent_config, "sft")
+    except UserError:
+        raise UserError(f"{RunDir.for_config(parent_config, 'sft').path} has no finished sft run: run "
+                        f"`rlhf-lab run recipes/{config.parent_recipe}` (or set sft_model_name_or_path) first") from None
+    return sft.model_dir, sft
+
+
+def main(config: OveroptimizationConfig) -> dict:
+    started = time.time()
+    sft_dir, sft_run = resolve_sft(config)
+    run = RunDir.for_config(config, STAGE)
+    run.start(config, parent=sft_run, data={"sft_model": str(sft_dir), "sft_weights_sha256": weights_hash(sft_dir)})
+
+    proxies, proxy_metrics = {}, {}
+    for name, pairs, flip_rate in config.proxies():
+        print(f"[{STAGE}] proxy {name}: {pairs} pairs, {flip_rate:.0%} of labels swapped", flush=True)
+        proxies[name], proxy_metrics[name] = train_proxy(sft_dir, name, pairs, flip_rate, config)
+    print(f"[{STAGE}] best-of-n, n = {sorted(set(config.best_of_n))}, against every proxy", flush=True)
+    curves = {name: {"best-of-n": points} for name, points in best_of_n_curves(sft_dir, proxies, config).items()}
+    if config.ppo_max_steps > 0:
+        for name, reward_dir in proxies.items():
+            print(f"[{STAGE}] PPO against {name}, KL penalty {config.ppo_kl_coef}", flush=True)
+            curves[name]["ppo"] = ppo_curve(sft_dir, reward_dir, name, config)
+
+    results = {"proxies": {}, "sft_gold": curves[next(iter(curves))]["best-of-n"][0]["gold"]}
+    for name, by_method in curves.items():
+        entry = {"accuracy": proxy_metrics[name].get("accuracy"),
+                 "gold_rank_correlation": proxy_metrics[name].get("gold_rank_correlation"), "methods": {}}
+        for method, points in by_method.items():
+            base = points[0]["gold"]  # n = 1, or PPO's step 0: the SFT model
+            fit = fit_gao([math.sqrt(max(p["kl"], 0.0)) for p in points], [p["gold"] - base for p in points], method)
+            entry["methods"][method] = {"points": points, "base_gold": base, "fit": fit}
+        results["proxies"][name] = entry
+
+    from alignment.overoptimization_plot import plot, table
+
+    plot(run.path / "overoptimization.png", results)
+    atomic_write_text(run.path / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(run.path / "results.md", table(results) + "\n")
+    print(table(results))
+    metrics = {"proxies": len(proxies), "wall_time_s": round(time.time() - started, 2)}
+    for name, entry in results["proxies"].items():
+        for method, result in entry["methods"].items():
+            best = max(result["points"], key=lambda p: p["gold"])
+            metrics[f"{name}/{method}/best_gold"] = best["gold"]
+            metrics[f"{name}/{method}/best_gold_kl"] = best["kl"]
+    run.model_dir.mkdir(exist_ok=True)  # no model of its own: the proxies and PPO policies have their runs
+    run.finish(metrics)
+    print(f"wrote {run.path}/overoptimization.png, results.json, results.md")
+    return metrics
+
+
+def parse(argv: list[str]):
+    """The stage's resolved config from `--config FILE` and flags, without running anything."""
+    return parse_config(OveroptimizationConfig, argv, STAGE, description=__doc__.splitlines()[0])
+
+
+def cli(argv: list[str]) -> int:
+    main(parse(argv))
+    return 0

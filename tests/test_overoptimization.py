@@ -1,0 +1,88 @@
+"""The reward over-optimisation experiment (alignment/overoptimization.py): Gao's fits by hand, the
+label flips, and the recipe end to end in a smoke size through the CLI."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from alignment.overoptimization import fit_gao, gao_curve
+from recipes.cli import main as rlhf_lab
+from reward.train import flip_labels
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("method, alpha, beta, peak", [
+    ("best-of-n", 0.8, 0.25, 0.8 / (2 * 0.25)),
+    ("ppo", 0.5, 0.3, math.exp(0.5 / 0.3 - 1)),
+])
+def test_gao_fits_recover_known_curves_and_their_peak(method, alpha, beta, peak):
+    d = np.linspace(0.1, 3.0, 12)
+    gain = gao_curve(d, alpha, beta, method)
+    fit = fit_gao(d, gain, method)
+    assert fit["alpha"] == pytest.approx(alpha, abs=1e-9) and fit["beta"] == pytest.approx(beta, abs=1e-9)
+    assert fit["peak_d"] == pytest.approx(peak, rel=1e-9)
+    # the peak is the curve's maximum
+    assert fit["peak_gain"] == pytest.approx(float(gao_curve(np.linspace(1e-3, 6, 60001), alpha, beta, method).max()), abs=1e-6)
+
+
+def test_a_curve_that_never_turns_down_has_no_peak():
+    d = np.linspace(0.1, 2.0, 8)
+    assert fit_gao(d, 0.3 * d, "best-of-n")["peak_d"] is None  # beta = 0: gold never falls
+
+
+def test_label_flips_swap_the_asked_share_of_pairs_and_nothing_else():
+    pairs = {"prompt": [f"p{i}" for i in range(2000)], "chosen": [f"c{i}" for i in range(2000)],
+             "rejected": [f"r{i}" for i in range(2000)]}
+    flipped = flip_labels(pairs, 0.3, seed=0)
+    swapped = [c.startswith("r") for c in flipped["chosen"]]
+    assert 0.27 < np.mean(swapped) < 0.33
+    for i, s in enumerate(swapped):
+        assert {flipped["chosen"][i], flipped["rejected"][i]} == {f"c{i}", f"r{i}"}
+        assert flipped["rejected"][i] == (f"c{i}" if s else f"r{i}")
+    assert flipped == flip_labels(pairs, 0.3, seed=0) and flipped != flip_labels(pairs, 0.3, seed=1)
+
+
+def test_overoptimization_recipe_runs_in_smoke_size(smoke_sft, smoke_runs, capsys):
+    argv = ["overoptimization", "--config", str(REPO / "recipes/overoptimization/overoptimization.yaml"),
+            "--sft_model_name_or_path", str(smoke_sft / "model"), "--runs_root", str(smoke_runs),
+            "--recipe", "overopt-smoke", "--proxy_config", str(REPO / "recipes/smoke/reward.yaml"),
+            "--ppo_config", str(REPO / "recipes/smoke/align-ppo.yaml"), "--proxy_pairs", "60", "30",
+            "--proxy_flip_rates", "0", "0.4", "--best_of_n", "1", "2", "4", "--ppo_max_steps", "2",
+            "--ppo_eval_every", "1", "--eval_prompts", "world:eval?size=smoke&seed=0", "--eval_num_prompts", "8",
+            "--eval_max_new_tokens", "24"]
+    assert rlhf_lab(argv) == 0
+    out = capsys.readouterr().out
+    assert "| proxy | method |" in out
+    run = smoke_runs / "overopt-smoke" / "overoptimization"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "finished"
+    results = json.loads((run / "results.json").read_text())
+    assert list(results["proxies"]) == ["reward-60pairs", "reward-30pairs-flip40"]
+    for name, entry in results["proxies"].items():
+        bon, ppo = entry["methods"]["best-of-n"], entry["methods"]["ppo"]
+        assert [p["n"] for p in bon["points"]] == [1, 2, 4]
+        assert [p["kl"] for p in bon["points"]] == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+        proxies = [p["proxy"] for p in bon["points"]]
+        assert proxies == sorted(proxies)  # best of more samples never scores lower on the proxy that chose
+        assert [p["step"] for p in ppo["points"]] == [0, 1, 2]
+        assert ppo["points"][0]["kl"] == pytest.approx(0.0, abs=1e-6)
+        assert set(bon["fit"]) == {"alpha", "beta", "peak_d", "peak_gain"}
+        config = yaml.safe_load((smoke_runs / "overopt-smoke" / name / "config.yaml").read_text())
+        assert config["max_train_pairs"] == (60 if name == "reward-60pairs" else 30)
+        assert (smoke_runs / "overopt-smoke" / f"align-ppo-{name}" / "model" / "config.json").is_file()
+    assert yaml.safe_load((smoke_runs / "overopt-smoke" / "reward-30pairs-flip40" / "config.yaml").read_text())[
+        "label_flip_rate"] == 0.4
+    png = (run / "overoptimization.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "| reward-60pairs | best-of-n |" in (run / "results.md").read_text()
+
+
+def test_overoptimization_without_the_parent_sft_run_names_the_command(tmp_path, capsys):
+    assert rlhf_lab(["overoptimization", "--config", str(REPO / "recipes/overoptimization/overoptimization.yaml"),
+                     "--runs_root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "rlhf-lab run recipes/tinyworld" in err, err
