@@ -89,7 +89,8 @@ class OveroptimizationConfig(RunArguments):
 
 def fit_gao(d, gain, method: str) -> dict:
     """Least-squares alpha, beta of gain(d) = d (alpha - beta d) (best-of-n) or d (alpha - beta log d) (RL),
-    and the fitted peak (d*, gain at d*); the peak is None when the fit never turns down (beta <= 0)."""
+    and the fitted peak (d*, gain at d*) over d >= 0; the peak is None when the fit never turns down
+    (beta <= 0), and d* = 0 when gold falls from the start."""
     import numpy as np
 
     d, gain = np.asarray(d, float), np.asarray(gain, float)
@@ -102,6 +103,7 @@ def fit_gao(d, gain, method: str) -> dict:
     peak = None
     if beta > 1e-9 * max(1.0, abs(alpha)):  # a beta of rounding size means a curve that never turns down
         peak = alpha / (2 * beta) if method == "best-of-n" else math.exp(alpha / beta - 1)
+        peak = max(peak, 0.0)  # best-of-n with alpha <= 0: gold only falls, its best is the SFT model
     return {"alpha": float(alpha), "beta": float(beta), "peak_d": None if peak is None else float(peak),
             "peak_gain": None if peak is None else float(gao_curve(peak, alpha, beta, method))}
 
@@ -252,5 +254,7 @@ def parse(argv: list[str]):
 
 
 def cli(argv: list[str]) -> int:
-    main(parse(argv))
+    from recipes.lock import run_locked
+
+    run_locked(main, parse(argv))
     return 0

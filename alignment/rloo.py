@@ -38,5 +38,7 @@ def parse(argv: list[str]):
 
 
 def cli(argv: list[str]) -> int:
-    main(parse(argv))
+    from recipes.lock import run_locked
+
+    run_locked(main, parse(argv))
     return 0

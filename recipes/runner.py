@@ -150,6 +150,23 @@ def recorded_parents(manifest: dict) -> list[tuple[str, Path, str]]:
     return parents
 
 
+def changed_keys(run: RunDir, config: Any) -> list[str] | None:
+    """Keys whose value differs between the run's saved config.yaml and `config` (None: no readable config.yaml)."""
+    try:
+        saved = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    current = config_dict(config)
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+
+
+def resumable(run: RunDir, config: Any) -> bool:
+    """An interrupted run of this very config with checkpoints to continue from."""
+    manifest = run.manifest()
+    return bool(manifest and manifest.get("status") != "finished" and changed_keys(run, config) == []
+                and run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir()))
+
+
 def reason_to_run(run: RunDir, config: Any) -> str | None:
     """Why the stage must run, or None when its finished run is up to date."""
     manifest = run.manifest()
@@ -157,12 +174,9 @@ def reason_to_run(run: RunDir, config: Any) -> str | None:
         return "not run yet"
     if not run.is_finished():
         return "its last run did not finish"
-    try:
-        saved = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+    changed = changed_keys(run, config)
+    if changed is None:
         return "its config.yaml is missing or unreadable"
-    current = config_dict(config)
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return "config changed: " + ", ".join(changed[:3]) + more
@@ -250,6 +264,7 @@ def first_forced(order: list[str], from_stage: str | None) -> int:
 def run_recipe(recipe_dir: Path, *, from_stage: str | None = None, seeds: list[int] | None = None,
                runs_root: str | None = None, overrides: list[str] = (), jobs: int = 1) -> dict[str, str]:
     """Run the recipe; returns {stage: "ran" | "skipped"}."""
+    from recipes.lock import recipe_lock
     from recipes.progress import recipe_bar
 
     stages = plan(recipe_dir, seeds=seeds, runs_root=runs_root, overrides=parse_overrides(list(overrides)))
@@ -263,51 +278,54 @@ def run_recipe(recipe_dir: Path, *, from_stage: str | None = None, seeds: list[i
 
     outcome: dict[str, str] = {}
     started = time.time()
-    bar = recipe_bar(len(order), recipe)
-    try:
-        outcome[WORLD] = run_world(world_sources(list(configs.values())), forced=forced_from == 0)
-        bar.update()
-        parallel = []  # alignment stages to run side by side once their parents are done
-        for i, stage in enumerate(stages, start=1):
-            config = configs[stage.name]
-            run = RunDir(root, recipe, stage.name)
-            reason = f"--from {from_stage}" if i >= forced_from else reason_to_run(run, config)
-            if reason is None:
-                print(f"[{stage.name}] skipped: finished, same config and parents  "
-                      f"({headline(stage.name, run.manifest()['metrics'])})")
-                outcome[stage.name] = "skipped"
-            elif jobs > 1 and stage.kind == "align":
-                parallel.append((stage, reason, run.path.exists()))
-                continue
-            else:
-                print(f"[{stage.name}] running ({reason})", flush=True)
-                config.overwrite = run.path.exists()
-                t0 = time.time()
-                metrics = importlib.import_module(stage.module).main(config)
-                print(f"[{stage.name}] done in {time.time() - t0:.0f} s: {headline(stage.name, metrics)}", flush=True)
-                outcome[stage.name] = "ran"
+    with recipe_lock(root / recipe):
+        bar = recipe_bar(len(order), recipe)
+        try:
+            outcome[WORLD] = run_world(world_sources(list(configs.values())), forced=forced_from == 0)
             bar.update()
-        if parallel:
-            outcome.update(run_side_by_side(parallel, jobs, root / recipe / "logs", bar))
-        outcome = {name: outcome[name] for name in order if name in outcome}
-        failed = [name for name, result in outcome.items() if result == "failed"]
-        if failed:
-            raise UserError(f"stages failed: {', '.join(failed)} (their logs are in {root / recipe / 'logs'}); "
-                            "the stages that finished are kept")
-        if any(s.kind == "align" for s in stages):
-            outcome[COMPARE] = run_compare(root / recipe, forced=len(order) - 1 >= forced_from)
-        else:
-            print(f"[{COMPARE}] skipped: the recipe has no alignment stages")
-            outcome[COMPARE] = "skipped"
-        bar.update()
-    finally:
-        bar.close()
+            parallel = []  # alignment stages to run side by side once their parents are done
+            for i, stage in enumerate(stages, start=1):
+                config = configs[stage.name]
+                run = RunDir(root, recipe, stage.name)
+                reason = f"--from {from_stage}" if i >= forced_from else reason_to_run(run, config)
+                if reason is None:
+                    print(f"[{stage.name}] skipped: finished, same config and parents  "
+                          f"({headline(stage.name, run.manifest()['metrics'])})")
+                    outcome[stage.name] = "skipped"
+                elif jobs > 1 and stage.kind == "align":
+                    parallel.append((stage, reason, run.path.exists(), resumable(run, config) and i < forced_from))
+                    continue
+                else:
+                    config.resume = resumable(run, config) and i < forced_from
+                    config.overwrite = run.path.exists() and not config.resume
+                    print(f"[{stage.name}] " + ("resuming from its last checkpoint (interrupted, same config)"
+                                                if config.resume else f"running ({reason})"), flush=True)
+                    t0 = time.time()
+                    metrics = importlib.import_module(stage.module).main(config)
+                    print(f"[{stage.name}] done in {time.time() - t0:.0f} s: {headline(stage.name, metrics)}", flush=True)
+                    outcome[stage.name] = "ran"
+                bar.update()
+            if parallel:
+                outcome.update(run_side_by_side(parallel, jobs, root / recipe / "logs", bar))
+            outcome = {name: outcome[name] for name in order if name in outcome}
+            failed = [name for name, result in outcome.items() if result == "failed"]
+            if failed:
+                raise UserError(f"stages failed: {', '.join(failed)} (their logs are in {root / recipe / 'logs'}); "
+                                "the stages that finished are kept")
+            if any(s.kind == "align" for s in stages):
+                outcome[COMPARE] = run_compare(root / recipe, forced=len(order) - 1 >= forced_from)
+            else:
+                print(f"[{COMPARE}] skipped: the recipe has no alignment stages")
+                outcome[COMPARE] = "skipped"
+            bar.update()
+        finally:
+            bar.close()
     ran = sum(v == "ran" for v in outcome.values())
     print(f"recipe {recipe}: {ran} stages ran, {len(outcome) - ran} skipped, {time.time() - started:.0f} s")
     return outcome
 
 
-def run_side_by_side(todo: list[tuple[Stage, str, bool]], jobs: int, log_dir: Path, bar) -> dict[str, str]:
+def run_side_by_side(todo: list[tuple[Stage, str, bool, bool]], jobs: int, log_dir: Path, bar) -> dict[str, str]:
     """Run independent stages `jobs` at a time, each in a process of its own with cores / jobs threads.
 
     A model this small keeps two threads only partly busy, so two one-thread processes get more done
@@ -323,15 +341,20 @@ def run_side_by_side(todo: list[tuple[Stage, str, bool]], jobs: int, log_dir: Pa
     # takes them from the cache instead of sampling them again beside it.
     todo = sorted(todo, key=lambda item: item[0].name.startswith(f"{ALIGN_PREFIX}kto"))
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    from recipes.lock import HELD_ENV, held_by_this_process
+
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
+           HELD_ENV: held_by_this_process()}  # the stages write under this process's recipe lock
     pending, running, outcome = list(todo), {}, {}
     while pending or running:
         while pending and len(running) < jobs:
-            stage, reason, overwrite = pending.pop(0)
+            stage, reason, exists, resume = pending.pop(0)
             log = log_dir / f"{stage.name}.log"
-            argv = [sys.executable, "-m", "recipes.cli", *stage.command, *stage.argv] + (["--overwrite", "true"] if overwrite else [])
-            print(f"[{stage.name}] running ({reason}), {threads} thread(s), log {log}", flush=True)
-            handle = open(log, "w", encoding="utf-8")
+            how = ["--resume", "true"] if resume else ["--overwrite", "true"] if exists else []
+            argv = [sys.executable, "-m", "recipes.cli", *stage.command, *stage.argv, *how]
+            print(f"[{stage.name}] " + ("resuming from its last checkpoint" if resume else f"running ({reason})")
+                  + f", {threads} thread(s), log {log}", flush=True)
+            handle = open(log, "a" if resume else "w", encoding="utf-8")
             running[subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)] = (stage, handle, time.time())
         time.sleep(0.2)
         for process in [p for p in running if p.poll() is not None]:

@@ -30,9 +30,11 @@ def test_gao_fits_recover_known_curves_and_their_peak(method, alpha, beta, peak)
     assert fit["peak_gain"] == pytest.approx(float(gao_curve(np.linspace(1e-3, 6, 60001), alpha, beta, method).max()), abs=1e-6)
 
 
-def test_a_curve_that_never_turns_down_has_no_peak():
+def test_a_curve_that_never_turns_down_has_no_peak_and_one_that_only_falls_peaks_at_the_start():
     d = np.linspace(0.1, 2.0, 8)
     assert fit_gao(d, 0.3 * d, "best-of-n")["peak_d"] is None  # beta = 0: gold never falls
+    falling = fit_gao(d, gao_curve(d, -0.1, 0.2, "best-of-n"), "best-of-n")
+    assert falling["peak_d"] == 0.0 and falling["peak_gain"] == 0.0
 
 
 def test_label_flips_swap_the_asked_share_of_pairs_and_nothing_else():

@@ -20,8 +20,8 @@ STAGES = ["world", "pretrain", "sft", "reward"] + [f"align-{m}" for m in METHODS
 def outcomes(output: str) -> dict[str, str]:
     """{stage: "ran" | "skipped"} from the runner's output lines."""
     found = {}
-    for stage, word in re.findall(r"^\[([\w-]+)\] (running|skipped)", output, flags=re.M):
-        found[stage] = "ran" if word == "running" else "skipped"
+    for stage, word in re.findall(r"^\[([\w-]+)\] (running|resuming|skipped)", output, flags=re.M):
+        found[stage] = "skipped" if word == "skipped" else "ran"
     return found
 
 
@@ -215,3 +215,72 @@ def test_every_shipped_recipe_resolves_every_stage_config(name, monkeypatch):
     if name in ("tinyworld", "tinyworld-long", "smoke"):
         names = [s.name for s in stages]
         assert names[:3] == ["pretrain", "sft", "reward"] and "align-ppo-seed1" in names and len(names) == 15
+
+
+def test_a_second_writer_of_the_same_recipe_stops_and_names_the_holder(tmp_path, capsys):
+    """Two runs of one recipe on one runs root: the second stops at once, saying which process holds it."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.argv = ['rlhf-lab', 'run', 'recipes/smoke']; "
+        "from pathlib import Path; from recipes.lock import recipe_lock\n"
+        f"with recipe_lock(Path({str(tmp_path / 'smoke')!r})):\n"
+        "    print('locked', flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for argv in (["run", str(REPO / "recipes/smoke")],
+                     ["pretrain", "--config", str(REPO / "recipes/smoke/pretrain.yaml")]):
+            assert rlhf_lab(argv + ["--runs_root", str(tmp_path)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1, err
+            assert f"{tmp_path / 'smoke'} is in use by process {holder.pid}" in err and "rlhf-lab run recipes/smoke" in err
+        assert sorted(p.name for p in (tmp_path / "smoke").iterdir()) == [".lock"]  # nothing else written
+    finally:
+        holder.kill()
+        holder.wait()
+    from recipes.lock import recipe_lock
+
+    with recipe_lock(tmp_path / "smoke"):  # the lock died with its holder: nothing stale to clean up
+        pass
+
+
+def test_run_resumes_a_recipe_killed_mid_stage_at_that_stage_with_the_same_result(tmp_path, capsys):
+    """SIGKILL `rlhf-lab run` while pretraining (after a random number of checkpoints): the next `run`
+    resumes pretraining from its last checkpoint and ends with exactly an uninterrupted run's model."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from recipes.rundir import weights_hash
+
+    runs = tmp_path / "runs"
+    checkpoints = runs / "smoke" / "pretrain" / "checkpoints"
+    wanted = 25 * random.Random().randint(1, 3)  # smoke pretraining saves at steps 25, 50 and 75 (the last 2 kept)
+
+    def newest_checkpoint() -> int:
+        return max((int(p.name.split("-")[-1]) for p in checkpoints.glob("step-*") if p.name.split("-")[-1].isdigit()),
+                   default=0)
+    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", "run", str(REPO / "recipes/smoke"), "--runs_root",
+                              str(runs), "--jobs", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while newest_checkpoint() < wanted and child.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    manifest = json.loads((runs / "smoke" / "pretrain" / "manifest.json").read_text())
+    assert manifest["status"] == "running", f"the child finished pretraining before the kill (after step {wanted})"
+
+    done = run(REPO / "recipes" / "smoke", runs, capsys)
+    assert done["pretrain"] == "ran" and done["sft"] == "ran"
+    assert json.loads((runs / "smoke" / "pretrain" / "manifest.json").read_text())["resumed"]
+
+    reference = tmp_path / "reference"
+    assert rlhf_lab(["pretrain", "--config", str(REPO / "recipes/smoke/pretrain.yaml"), "--runs_root", str(reference)]) == 0
+    resumed_metrics = json.loads((runs / "smoke" / "pretrain" / "manifest.json").read_text())["metrics"]
+    reference_metrics = json.loads((reference / "smoke" / "pretrain" / "manifest.json").read_text())["metrics"]
+    assert resumed_metrics["eval_loss"] == reference_metrics["eval_loss"]
+    assert resumed_metrics["train_loss"] == reference_metrics["train_loss"]
+    assert weights_hash(runs / "smoke" / "pretrain" / "model") == weights_hash(reference / "smoke" / "pretrain" / "model")
