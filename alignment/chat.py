@@ -65,11 +65,9 @@ def chat(answerer, proxy, *, temperature: float, max_new_tokens: int, seed: int,
 
 
 def parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
+    from recipes.config import CommandParser
 
-    p = Parser(prog="rlhf-lab chat", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="rlhf-lab chat", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (e.g. runs/tinyworld/align-ppo) or a saved model")
     p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
     p.add_argument("--max_new_tokens", type=int, default=96)

@@ -21,7 +21,6 @@ n answers per prompt), the evaluations' own samples left out.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -219,11 +218,9 @@ def main(config: CompareConfig) -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
+    from recipes.config import CommandParser
 
-    parser = Parser(prog="rlhf-lab compare", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="rlhf-lab compare", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="the recipe's run directory, e.g. runs/tinyworld")
     args = parser.parse_args(argv)
     main(CompareConfig(run_dir=args.run_dir))

@@ -92,11 +92,9 @@ def main(args) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
+    from recipes.config import CommandParser
 
-    p = Parser(prog="rlhf-lab sample", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="rlhf-lab sample", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or saved model directories")
     p.add_argument("--prompts", required=True, help="a prompts file, or a world family (or 'all')")
     p.add_argument("-n", type=int, default=5, help="how many prompts (default 5)")

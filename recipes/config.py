@@ -9,6 +9,7 @@ be run again with `--config`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import enum
@@ -119,6 +120,13 @@ class LoraArguments:
 
 # Keys that say how to run, not what to run: left out of the saved config.yaml.
 INVOCATION_KEYS = ("runs_root", "resume", "overwrite")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the commands that are not a stage's config (run, compare, sample, chat): a mistake is one line."""
+
+    def error(self, message: str):
+        raise UserError(f"command line: {message}")
 
 
 class _Parser(HfArgumentParser):

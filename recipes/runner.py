@@ -43,7 +43,6 @@ class Stage:
     name: str  # its run directory under <runs_root>/<recipe>/
     module: str  # exposes parse(argv) -> config and main(config) -> metrics
     argv: list[str]
-    config_file: Path | None = None
     command: tuple[str, ...] = ()  # `rlhf-lab <command> <argv>` runs it in a process of its own
 
     @property
@@ -85,7 +84,7 @@ def plan(recipe_dir: Path, *, seeds: list[int] | None, runs_root: str | None,
     for name, module in TRAINING_STAGES.items():
         path = recipe_dir / f"{name}.yaml"
         if path.is_file():
-            stages.append(Stage(name, module, ["--config", str(path), *common, *overrides.pop(name, [])], path, (name,)))
+            stages.append(Stage(name, module, ["--config", str(path), *common, *overrides.pop(name, [])], (name,)))
     methods = []
     for path in sorted(recipe_dir.glob(f"{ALIGN_PREFIX}*.yaml")):
         method = path.stem[len(ALIGN_PREFIX):]
@@ -112,7 +111,7 @@ def plan(recipe_dir: Path, *, seeds: list[int] | None, runs_root: str | None,
             if seed is not None and seed != yaml_seeds[method]:
                 name = f"{name}-seed{seed}"
                 argv += ["--seed", str(seed), "--run_name", name]
-            stages.append(Stage(name, method_module(method), argv, path, ("align", "--method", method)))
+            stages.append(Stage(name, method_module(method), argv, ("align", "--method", method)))
     return stages
 
 
@@ -217,11 +216,9 @@ def headline(stage: str, metrics: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise UserError(f"command line: {message}")
+    from recipes.config import CommandParser
 
-    p = Parser(prog="rlhf-lab run", description="Run a whole recipe in order (world data, pretrain, SFT, reward, "
+    p = CommandParser(prog="rlhf-lab run", description="Run a whole recipe in order (world data, pretrain, SFT, reward, "
                "every alignment method, compare), skipping stages that are already done.")
     p.add_argument("recipe", help="the recipe folder, e.g. recipes/tinyworld")
     p.add_argument("--from", dest="from_stage", metavar="STAGE",
