@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recipes.rundir import atomic_savefig
+
 CURVE_TAGS = {"gold": "gold_eval/gold_reward", "proxy": "gold_eval/proxy_reward", "kl": "gold_eval/kl"}
 
 
@@ -79,7 +81,7 @@ def frontier(path: Path, runs, rows: list[dict], curves: dict, colors: dict) -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -103,7 +105,7 @@ def training(path: Path, runs, curves: dict, colors: dict) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -131,5 +133,5 @@ def families(path: Path, rows: list[dict], colors: dict) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=min(4, len(methods)))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)

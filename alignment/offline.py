@@ -23,6 +23,9 @@ import time
 
 from recipes.config import TrainerDefaults
 from recipes.errors import UserError
+from recipes.exact_resume import with_exact_resume
+from recipes.finite_loss import guarded_train
+from recipes.training_log import logged, mean_train_loss
 
 
 @dataclasses.dataclass
@@ -114,10 +117,6 @@ def resolve_max_length(config, model) -> int:
     return max_length
 
 
-def logged(trainer, key: str) -> list[float]:
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
-
-
 # TRL's own training logs worth keeping in the final metrics: (logged key, metrics key).
 TRL_FINAL = (("rewards/margins", "train_reward_margin"), ("rewards/accuracies", "train_reward_accuracy"),
              ("rewards/chosen", "train_reward_chosen"), ("rewards/rejected", "train_reward_rejected"),
@@ -189,7 +188,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     args.output_dir = str(run_dir.checkpoints_dir)
     peft_config = causal_lm_peft_config(config)
     try:
-        trainer = trainer_class(model=policy, ref_model=None if peft_config else reference, args=args,
+        trainer = with_exact_resume(trainer_class)(model=policy, ref_model=None if peft_config else reference, args=args,
                                 train_dataset=rows, processing_class=tokenizer, peft_config=peft_config)
     except ValueError as err:  # e.g. LoRA target modules that match nothing, a loss that needs other keys
         where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
@@ -198,13 +197,13 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     callback.attach(trainer)
     trainer.add_callback(StepProgress(run_dir.stage))
 
-    result = trainer.train(resume_from_checkpoint=run_dir.resume_checkpoint(config.resume))
+    guarded_train(trainer, run_dir.resume_checkpoint(config.resume))
 
     train_losses = logged(trainer, "loss")
     metrics = {
         **(callback.latest or {}),
         "train_loss": train_losses[-1] if train_losses else None,
-        "mean_train_loss": result.training_loss,
+        "mean_train_loss": mean_train_loss(trainer),
         "steps": trainer.state.global_step,
         "tokens_generated": sampled.get("sft_sample_tokens", 0),
         "evaluations": len(callback.history),

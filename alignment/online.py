@@ -23,6 +23,9 @@ import time
 
 from recipes.config import TrainerDefaults
 from recipes.errors import UserError
+from recipes.exact_resume import with_exact_resume
+from recipes.finite_loss import guarded_train
+from recipes.training_log import logged
 
 REWARDS = ("proxy", "gold")
 
@@ -162,10 +165,6 @@ def trainer_args(config, output_dir):
     return args
 
 
-def logged(trainer, key: str) -> list[float]:
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
-
-
 def train_metrics(trainer, reward_name: str) -> dict:
     rewards, kls = logged(trainer, "reward"), logged(trainer, "kl")
     return {
@@ -221,9 +220,12 @@ def run_online(config, method: str, trainer_class) -> dict:
     run = start_run(config, method, parents, data=data) if process.is_main_process \
         else RunDir.for_config(config, run_name(config, method))
     process.wait_for_everyone()
+    if not process.is_main_process:
+        run.follow()
     route_trainer_events(run)
     reward_func = make_reward_func(config, reward_model, reward_tokenizer)
     evaluator = build_evaluator(config, sft_model, tokenizer, reward_model)
+    trainer_class = with_exact_resume(trainer_class)
     try:
         trainer = trainer_class(model=policy, reward_funcs=[reward_func], args=trainer_args(config, run.checkpoints_dir),
                                 train_dataset=prompts, processing_class=tokenizer,
@@ -234,7 +236,7 @@ def run_online(config, method: str, trainer_class) -> dict:
     evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir).attach(trainer)
     trainer.add_callback(StepProgress(run.stage))
 
-    trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
+    guarded_train(trainer, run.resume_checkpoint(config.resume))
 
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics = {

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from recipes.rundir import atomic_savefig
+
 MARKERS = {"best-of-n": "o", "ppo": "s"}
 COLORS = {"best-of-n": "tab:blue", "ppo": "tab:red"}
 
@@ -49,7 +51,7 @@ def plot(path: Path, results: dict) -> None:
         ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("Reward over-optimisation: fitted curves after Gao et al. 2022, stars at the fitted gold peak", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -28,6 +28,7 @@ from trl.trainer.base_config import _BaseConfig
 from alignment.common import AlignArguments
 from recipes.config import RunArguments, TrainerDefaults, parse_config
 from recipes.errors import UserError
+from recipes.finite_loss import stops_on_non_finite
 
 METHOD = "ppo"
 KL_ESTIMATORS = ("k1", "k3")
@@ -174,7 +175,8 @@ def main(config: PPOStageConfig) -> dict:
                          checkpoints_dir=run.checkpoints_dir)
     trainer.add_callback(StepProgress(run.stage))
     try:
-        training = trainer.train(resume=bool(resume_from))
+        with stops_on_non_finite(lambda: trainer.state.global_step, run.checkpoints_dir):
+            training = trainer.train(resume=bool(resume_from))
     finally:
         writer.close()
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}

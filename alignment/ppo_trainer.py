@@ -44,6 +44,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax, selective_log_softmax_and_entropy
 
 from alignment import ppo_core as core
+from recipes.finite_loss import non_finite_error
 from recipes.generation import as_messages, generate_answers, render_prompts
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -219,6 +220,8 @@ class PPOTrainer(_BaseTrainer):
                     vf_loss, vf_stats = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
                                                         args.cliprange_value)
                     loss = pg_loss + args.vf_coef * vf_loss
+                    if not math.isfinite(loss.item()):  # stop before the optimizer spreads it into the weights
+                        raise non_finite_error("training loss", loss.item(), rollout + 1, self.checkpoints_dir)
                     self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps
                     stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                              "entropy": float(core.masked_mean(entropy, mask)),
@@ -227,8 +230,10 @@ class PPOTrainer(_BaseTrainer):
                         first_ratio_deviation = stats["ratio_max_deviation"]
                     for key, value in stats.items():
                         sums.setdefault(key, []).append(value)
-                if args.max_grad_norm and args.max_grad_norm > 0:
-                    self.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                grad_norm = self.accelerator.clip_grad_norm_(
+                    model.parameters(), args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else math.inf)
+                if not math.isfinite(float(grad_norm)):
+                    raise non_finite_error("gradient norm", float(grad_norm), rollout + 1, self.checkpoints_dir)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
         out = {key: float(np.mean(values)) for key, values in sums.items() if key != "ratio_max_deviation"}

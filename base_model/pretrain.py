@@ -295,6 +295,8 @@ def main(config: PretrainConfig) -> dict:
         run.start(config, data={"source": config.dataset_name, "fingerprint": fingerprint,
                                 "train_documents": len(train_docs), "validation_documents": len(val_docs)})
     accelerator.wait_for_everyone()
+    if not is_main:
+        run.follow()
 
     # The tokenizer is trained once per run and kept beside the checkpoints, so a resume reuses it.
     tokenizer_dir = run.checkpoints_dir / "tokenizer"
@@ -377,6 +379,12 @@ def main(config: PretrainConfig) -> dict:
                 accelerator.backward(loss)
             loss_sum += loss.detach().float()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        loss_value = accelerator.reduce(loss_sum, reduction="mean").item()
+        for name, value in (("training loss", loss_value), ("gradient norm", float(grad_norm))):
+            if not math.isfinite(value):  # stop before the update: the weights and checkpoints stay finite
+                last_good = checkpoint_dirs(run)
+                raise UserError(f"{name} became {value} at step {step + 1}; last good checkpoint: "
+                                f"{last_good[-1] if last_good else 'none'} (lower learning_rate, or check the data)")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -384,11 +392,6 @@ def main(config: PretrainConfig) -> dict:
         if bar is not None:
             bar.update()
 
-        loss_value = accelerator.reduce(loss_sum, reduction="mean").item()
-        if not math.isfinite(loss_value):
-            last_good = checkpoint_dirs(run)
-            raise UserError(f"training loss became {loss_value} at step {step}; last good checkpoint: "
-                            f"{last_good[-1] if last_good else 'none'} (lower learning_rate or enable clipping)")
         window_loss, window_steps = window_loss + loss_value, window_steps + 1
         if step % config.logging_steps == 0 or step == config.max_steps:
             elapsed = time.perf_counter() - window_start

@@ -8,7 +8,9 @@
       tb/             TensorBoard events
 
 Files that another stage reads are written aside and renamed into place, so a crash never leaves
-half a manifest or half a config behind.
+half a manifest or half a config behind. A rerun of a finished stage (--overwrite) runs whole in
+runs/<recipe>/.<stage>.rerun/ and is swapped into place only once it has finished: until then, and
+forever if it crashes, the finished run stays where it was, untouched, for the stages that read it.
 """
 
 from __future__ import annotations
@@ -43,10 +45,40 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_savefig(fig, path: Path, **kwargs) -> None:
+    """matplotlib's `fig.savefig`, written aside and renamed into place like every other output."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, **kwargs)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two directories in one step where Linux allows it (renameat2 RENAME_EXCHANGE), else in two renames."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+            return
+    except (AttributeError, OSError):
+        pass
+    aside = a.with_name(a.name + ".swap")
+    os.replace(a, aside)
+    os.replace(b, a)
+    os.replace(aside, b)
 
 
 def now() -> str:
@@ -90,7 +122,9 @@ class RunDir:
 
     def __init__(self, runs_root: Path | str, recipe: str, stage: str):
         self.runs_root, self.recipe, self.stage = Path(runs_root), recipe, stage
-        self.path = self.runs_root / recipe / stage
+        self.final = self.runs_root / recipe / stage
+        self.rerun_path = self.runs_root / recipe / f".{stage}.rerun"  # where an --overwrite rerun runs
+        self.path = self.final  # where this run writes: final, or rerun_path once start() stages a rerun
 
     config_path = property(lambda self: self.path / "config.yaml")
     manifest_path = property(lambda self: self.path / "manifest.json")
@@ -114,17 +148,50 @@ class RunDir:
         manifest = self.manifest()
         return bool(manifest and manifest.get("status") == "finished" and self.model_dir.is_dir())
 
+    def interrupted_rerun(self) -> "RunDir | None":
+        """The unfinished --overwrite rerun beside a finished run, as a RunDir of its own, or None."""
+        staged = RunDir(self.runs_root, self.recipe, self.stage)
+        staged.path = self.rerun_path
+        manifest = staged.manifest() if self.rerun_path.is_dir() else None
+        return staged if manifest and manifest.get("status") != "finished" else None
+
+    def follow(self) -> "RunDir":
+        """On the other processes of a multi-process run, after the main one's start(): write where it writes."""
+        self.path = self.rerun_path if self.rerun_path.is_dir() else self.final
+        return self
+
     def start(self, config: Any, *, parent: "RunDir | None" = None, data: dict[str, Any] | None = None) -> None:
-        """Claim the directory for this run; refuse to destroy a finished or resumable run by accident."""
+        """Claim the directory for this run; refuse to destroy a finished or resumable run by accident.
+
+        Afterwards the rerun directory exists exactly when this run is a staged rerun (see follow())."""
         resume, overwrite = getattr(config, "resume", False), getattr(config, "overwrite", False)
-        if self.path.exists() and not resume:
-            if self.is_finished() and not overwrite:
-                raise UserError(f"{self.path} already holds a finished {self.stage} run; "
-                                "pass --overwrite to replace it, or --recipe NAME to run elsewhere")
+        staged = self.interrupted_rerun()
+        if self.rerun_path.is_dir() and staged is None:
+            shutil.rmtree(self.rerun_path)  # the finished leftover of a swap a crash cut short
+        if staged is not None and resume:
+            self.path = self.rerun_path
+        elif self.path.exists() and not resume:
+            finished = self._finished_unless_overwriting(overwrite)
+            if finished and not overwrite:
+                raise UserError(
+                    f"{self.path} already holds a finished {self.stage} run; "
+                    + (f"an interrupted rerun of it is in {self.rerun_path}: pass --resume to continue the rerun, "
+                       "or --overwrite to start it over" if staged else
+                       "pass --overwrite to replace it, or --recipe NAME to run elsewhere"))
             if self.checkpoints_dir.is_dir() and any(self.checkpoints_dir.iterdir()) and not overwrite:
                 raise UserError(f"{self.path} holds an interrupted {self.stage} run; "
                                 "pass --resume to continue it, or --overwrite to start over")
-            shutil.rmtree(self.path)
+            if staged is not None:
+                shutil.rmtree(self.rerun_path)
+            if finished:
+                self.path = self.rerun_path  # the finished run stays in place until this one finishes
+            else:
+                shutil.rmtree(self.path)
+        elif staged is not None and not resume:
+            if not overwrite:
+                raise UserError(f"{self.rerun_path} holds an interrupted {self.stage} run; "
+                                "pass --resume to continue it, or --overwrite to start over")
+            shutil.rmtree(self.rerun_path)
         if resume and self.is_finished():
             raise UserError(f"{self.path} already holds a finished {self.stage} run: nothing to resume "
                             "(pass --overwrite to run it again)")
@@ -148,6 +215,15 @@ class RunDir:
             "finished": None,
             "metrics": {},
         })
+
+    def _finished_unless_overwriting(self, overwrite: bool) -> bool:
+        """is_finished(), except that --overwrite may replace a run whose manifest is unreadable."""
+        try:
+            return self.is_finished()
+        except UserError:
+            if overwrite:
+                return False
+            raise
 
     def _check_same_config(self, config: Any) -> None:
         import yaml
@@ -185,9 +261,17 @@ class RunDir:
         os.replace(tmp, self.model_dir)
 
     def finish(self, metrics: dict[str, Any]) -> None:
+        """Mark the run finished; a staged rerun then takes the finished run's place, which is removed."""
         manifest = self.manifest() or {}
         manifest.update(status="finished", finished=now(), metrics=metrics)
         self._write_manifest(manifest)
+        if self.path == self.rerun_path:
+            if self.final.exists():
+                exchange(self.rerun_path, self.final)
+                shutil.rmtree(self.rerun_path)
+            else:
+                os.replace(self.rerun_path, self.final)
+            self.path = self.final
 
     def update(self, **fields: Any) -> None:
         manifest = self.manifest() or {}

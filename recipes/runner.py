@@ -160,7 +160,8 @@ def changed_keys(run: RunDir, config: Any) -> list[str] | None:
 
 
 def resumable(run: RunDir, config: Any) -> bool:
-    """An interrupted run of this very config with checkpoints to continue from."""
+    """An interrupted run of this very config with checkpoints to continue from (in place, or a staged rerun)."""
+    run = run.interrupted_rerun() or run
     manifest = run.manifest()
     return bool(manifest and manifest.get("status") != "finished" and changed_keys(run, config) == []
                 and run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir()))

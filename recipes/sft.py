@@ -22,8 +22,11 @@ import trl
 
 from recipes.config import LoraArguments, RunArguments, TrainerDefaults, parse_config
 from recipes.errors import UserError
+from recipes.exact_resume import with_exact_resume
+from recipes.finite_loss import guarded_train
 from recipes.progress import StepProgress
 from recipes.rundir import RunDir, require_parent, weights_hash
+from recipes.training_log import logged, mean_train_loss
 
 STAGE = "sft"
 PARENT = "pretrain"
@@ -192,9 +195,10 @@ def trainer_args(config: SFTStageConfig, output_dir: Path, max_length: int) -> S
 def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, output_dir: Path, callbacks=()):
     max_length = resolve_max_length(config, model)
     try:
-        return trl.SFTTrainer(model=model, args=trainer_args(config, output_dir, max_length), train_dataset=train,
-                              eval_dataset=test if len(test) else None, processing_class=tokenizer,
-                              peft_config=peft_config(config), callbacks=list(callbacks))
+        return with_exact_resume(trl.SFTTrainer)(
+            model=model, args=trainer_args(config, output_dir, max_length), train_dataset=train,
+            eval_dataset=test if len(test) else None, processing_class=tokenizer,
+            peft_config=peft_config(config), callbacks=list(callbacks))
     except ValueError as err:  # e.g. LoRA target modules that match nothing
         where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
         raise UserError(where + f"{err}".splitlines()[0]) from None
@@ -202,10 +206,6 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 
 # ----------------------------------------------------------------------------------------------
 # The stage
-
-
-def logged(trainer, key: str) -> list[float]:
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
 
 
 def main(config: SFTStageConfig) -> dict:
@@ -241,6 +241,8 @@ def main(config: SFTStageConfig) -> dict:
     if process.is_main_process:
         run.start(config, parent=parent, data=data)
     process.wait_for_everyone()
+    if not process.is_main_process:
+        run.follow()
     route_trainer_events(run)
 
     gold = GoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,
@@ -248,7 +250,7 @@ def main(config: SFTStageConfig) -> dict:
     trainer = build_trainer(config, model, tokenizer, train, test, output_dir=run.checkpoints_dir,
                             callbacks=[gold, StepProgress(STAGE)])
     gold.attach(trainer)
-    result = trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
+    guarded_train(trainer, run.resume_checkpoint(config.resume))
 
     final = trainer.model
     if config.use_peft:
@@ -260,7 +262,7 @@ def main(config: SFTStageConfig) -> dict:
         "eval_loss": eval_losses[-1] if eval_losses else None,
         "initial_train_loss": train_losses[0] if train_losses else None,
         "train_loss": train_losses[-1] if train_losses else None,
-        "mean_train_loss": result.training_loss,
+        "mean_train_loss": mean_train_loss(trainer),
         "steps": trainer.state.global_step,
         "parameters": n_params,
         "trainable_parameters": gold.trainable_parameters,

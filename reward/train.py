@@ -20,8 +20,11 @@ from transformers import TrainerCallback
 
 from recipes.config import LoraArguments, RunArguments, parse_config, resolve_trainer_precision
 from recipes.errors import UserError
+from recipes.exact_resume import with_exact_resume
+from recipes.finite_loss import guarded_train
 from recipes.progress import StepProgress
 from recipes.rundir import RunDir, require_parent
+from recipes.training_log import logged, mean_train_loss
 
 STAGE = "reward"
 PARENT = "sft"
@@ -320,19 +323,20 @@ def main(config: RewardStageConfig) -> dict:
                                      writer=writer, step=step)
 
     callback = GoldEvalCallback(gold_eval)
-    trainer = trl.RewardTrainer(
+    trainer = with_exact_resume(trl.RewardTrainer)(
         model=model, args=config, train_dataset=train_pairs,
         eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
         processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback, StepProgress(STAGE)])
 
-    result = trainer.train(resume_from_checkpoint=run.resume_checkpoint(config.resume))
+    guarded_train(trainer, run.resume_checkpoint(config.resume))
     eval_result = trainer.evaluate()  # the callback runs the gold checks on the final model too
     writer.close()
 
     trained = trainer.model.merge_and_unload() if config.use_peft else trainer.model
     metrics = dict(callback.last)
     metrics.update({
-        "train_loss": result.training_loss,
+        "train_loss": (logged(trainer, "loss") or [None])[-1],
+        "mean_train_loss": mean_train_loss(trainer),
         "eval_loss": eval_result.get("eval_loss"),
         "steps": trainer.state.global_step,
         "parameters": sum(p.numel() for p in trained.parameters()),

@@ -1,0 +1,152 @@
+"""Every stage survives SIGKILL at a random step: `--resume` finishes where an uninterrupted run finishes.
+
+Each case runs a stage twice on the smoke parents, in recipes of its own: once straight through (the
+reference) and once in a child process killed at a random moment after a random checkpoint, then
+resumed through the CLI. Pretraining has its own such test (test_pretrain.py), and `rlhf-lab run`'s
+resume of an interrupted recipe is tested in test_run_compare.py.
+
+The kill point is drawn afresh each run and printed; set RLHF_LAB_KILL_SEED to replay one.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes.cli import main as rlhf_lab
+from recipes.rundir import weights_hash
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes/smoke"
+
+# stage: (command after `rlhf-lab`, checkpoint every, steps, metrics compared, tolerance)
+# Tolerances: 0 means the same weights, bit for bit. The online methods generate with the policy; a
+# resumed run regenerates the same rollouts from the restored RNG, so they too come out the same on CPU,
+# but the comparison allows what a different summation order in a refilled batch could move.
+ALIGN = ["--sft_model_name_or_path", "{sft}", "--reward_model_name_or_path", "{reward}", "--eval_num_prompts", "4"]
+CASES = {
+    "sft": (["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", "{pretrain}",
+             "--max_steps", "20", "--save_steps", "2", "--eval_steps", "20", "--eval_num_prompts", "2"],
+            2, 20, ("train_loss", "mean_train_loss", "eval_loss", "gold_reward"), 0.0),
+    "reward": (["reward", "--config", str(SMOKE / "reward.yaml"), "--model_name_or_path", "{sft}",
+                "--max_steps", "16", "--save_steps", "2", "--eval_steps", "16", "--save_total_limit", "2",
+                "--eval_num_prompts", "2"],
+               2, 16, ("train_loss", "mean_train_loss", "accuracy", "gold_rank_correlation"), 0.0),
+    "dpo": (["align", "--method", "dpo", "--config", str(SMOKE / "align-dpo.yaml"), *ALIGN,
+             "--max_steps", "8", "--save_steps", "2", "--eval_every", "8"],
+            2, 8, ("train_loss", "gold_reward", "kl"), 0.0),
+    "kto": (["align", "--method", "kto", "--config", str(SMOKE / "align-kto.yaml"), *ALIGN,
+             "--max_steps", "8", "--save_steps", "2", "--eval_every", "8"],
+            2, 8, ("train_loss", "gold_reward", "kl"), 0.0),
+    "grpo": (["align", "--method", "grpo", "--config", str(SMOKE / "align-grpo.yaml"), *ALIGN,
+              "--max_steps", "6", "--save_steps", "1", "--eval_every", "6"],
+             1, 6, ("train_reward", "gold_reward", "kl"), 1e-4),
+    "rloo": (["align", "--method", "rloo", "--config", str(SMOKE / "align-rloo.yaml"), *ALIGN,
+              "--max_steps", "6", "--save_steps", "1", "--eval_every", "6"],
+             1, 6, ("train_reward", "gold_reward", "kl"), 1e-4),
+    "ppo": (["align", "--method", "ppo", "--config", str(SMOKE / "align-ppo.yaml"), *ALIGN,
+             "--max_steps", "5", "--save_steps", "1", "--eval_every", "5"],
+            1, 5, ("train_reward", "train_kl", "train_kl_coef", "gold_reward", "kl"), 1e-4),
+}
+
+
+def stage_dir(stage: str) -> str:
+    return stage if stage in ("sft", "reward") else f"align-{stage}"
+
+
+def completed_checkpoints(checkpoints: Path) -> list[int]:
+    """Steps of the checkpoints a resume could use (HF's trainer_state.json or PPO's state.pt written)."""
+    if not checkpoints.is_dir():
+        return []
+    return sorted(int(p.name.split("-")[-1]) for p in checkpoints.glob("checkpoint-*")
+                  if (p / "trainer_state.json").is_file() or (p / "state.pt").is_file())
+
+
+def kill_seed() -> int:
+    return int(os.environ.get("RLHF_LAB_KILL_SEED") or random.SystemRandom().randrange(10**6))
+
+
+@pytest.mark.parametrize("stage", list(CASES))
+def test_a_stage_killed_at_a_random_step_resumes_to_the_uninterrupted_result(stage, smoke_reward, smoke_runs):
+    template, every, steps, keys, tolerance = CASES[stage]
+    parents = {"pretrain": smoke_runs / "smoke/pretrain/model", "sft": smoke_runs / "smoke/sft/model",
+               "reward": smoke_runs / "smoke/reward/model"}
+    command = [part.format(**parents) for part in template] + ["--runs_root", str(smoke_runs)]
+
+    assert rlhf_lab(command + ["--recipe", f"kill-{stage}-reference"]) == 0
+    reference = smoke_runs / f"kill-{stage}-reference" / stage_dir(stage)
+
+    seed = kill_seed()
+    rng = random.Random(seed)
+    after = rng.randrange(every, steps - 2 * every + 1, every)  # a checkpoint well before the last step
+    delay = rng.uniform(0.0, 0.25)  # then somewhere in the step or two after it
+    print(f"RLHF_LAB_KILL_SEED={seed}: killing {stage} {delay:.2f} s after its checkpoint at step {after}")
+    killed = smoke_runs / f"kill-{stage}" / stage_dir(stage)
+    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", *command, "--recipe", f"kill-{stage}"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not any(s >= after for s in completed_checkpoints(killed / "checkpoints")):
+        assert child.poll() is None, f"{stage} ended (rc {child.returncode}) before its checkpoint at step {after}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    manifest = json.loads((killed / "manifest.json").read_text())
+    if manifest["status"] == "finished":
+        pytest.fail(f"{stage} finished within {delay:.2f} s of step {after}: the kill came too late to test resume")
+    assert not (killed / "model").exists()
+
+    assert rlhf_lab(command + ["--recipe", f"kill-{stage}"]) == 2  # protected: neither restarted nor resumed silently
+    assert rlhf_lab(command + ["--recipe", f"kill-{stage}", "--resume"]) == 0
+    resumed = json.loads((killed / "manifest.json").read_text())
+    expected = json.loads((reference / "manifest.json").read_text())
+    assert resumed["status"] == "finished" and len(resumed["resumed"]) == 1
+    for key in keys:
+        assert resumed["metrics"][key] == pytest.approx(expected["metrics"][key], abs=tolerance), key
+    if tolerance == 0.0:
+        assert weights_hash(killed / "model") == weights_hash(reference / "model")
+    else:
+        from safetensors.torch import load_file
+
+        got, want = load_file(killed / "model/model.safetensors"), load_file(reference / "model/model.safetensors")
+        assert all(torch.allclose(got[k], want[k], atol=tolerance) for k in want)
+
+
+def test_best_of_n_killed_while_sampling_resumes_to_the_same_choice(smoke_reward, smoke_runs):
+    """Best-of-n trains nothing and keeps no checkpoint: a resumed run samples again, with the same seeds."""
+    command = ["align", "--method", "best-of-n", "--config", str(SMOKE / "align-best-of-n.yaml"),
+               "--sft_model_name_or_path", str(smoke_runs / "smoke/sft/model"),
+               "--reward_model_name_or_path", str(smoke_runs / "smoke/reward/model"),
+               "--n", "16", "--runs_root", str(smoke_runs)]
+    assert rlhf_lab(command + ["--recipe", "kill-best-of-n-reference"]) == 0
+    reference = smoke_runs / "kill-best-of-n-reference/align-best-of-n"
+
+    seed = kill_seed()
+    delay = random.Random(seed).uniform(0.0, 1.0)
+    print(f"RLHF_LAB_KILL_SEED={seed}: killing best-of-n {delay:.2f} s into its sampling")
+    killed = smoke_runs / "kill-best-of-n/align-best-of-n"
+    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", *command, "--recipe", "kill-best-of-n"],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "manifest.json").is_file():
+        assert child.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert json.loads((killed / "manifest.json").read_text())["status"] == "running"
+
+    assert rlhf_lab(command + ["--recipe", "kill-best-of-n", "--resume"]) == 0
+    resumed = json.loads((killed / "manifest.json").read_text())
+    expected = json.loads((reference / "manifest.json").read_text())
+    assert resumed["status"] == "finished" and len(resumed["resumed"]) == 1
+    for key in ("gold_reward", "best_proxy_reward", "chosen_first_rate", "tokens_generated"):
+        assert resumed["metrics"][key] == expected["metrics"][key], key
