@@ -15,6 +15,7 @@ from pathlib import Path
 
 from recipes.config import LoraArguments
 from recipes.errors import UserError
+from recipes.model_dirs import check_model_dir
 from recipes.rundir import RunDir, require_parent, weights_hash
 
 METHODS = ("dpo", "kto", "grpo", "rloo", "ppo", "best-of-n")
@@ -69,23 +70,16 @@ class Parents:
     reward_run: RunDir | None = None
 
 
-def _model_dir(path: str, key: str) -> Path:
-    path = Path(path).expanduser()
-    if not (path / "config.json").is_file():
-        raise UserError(f"key '{key}': {path} is not a saved model directory (no config.json)")
-    return path
-
-
 def resolve_parents(config, *, needs_reward: bool) -> Parents:
     """The SFT (and reward) model directories, from the keys or from the recipe's finished runs."""
     if config.sft_model_name_or_path:
-        parents = Parents(_model_dir(config.sft_model_name_or_path, "sft_model_name_or_path"), None)
+        parents = Parents(check_model_dir(config.sft_model_name_or_path, "sft_model_name_or_path", "policy"), None)
     else:
         sft = require_parent(config, "sft")
         parents = Parents(sft.model_dir, sft)
     if needs_reward:
         if config.reward_model_name_or_path:
-            parents.reward_dir = _model_dir(config.reward_model_name_or_path, "reward_model_name_or_path")
+            parents.reward_dir = check_model_dir(config.reward_model_name_or_path, "reward_model_name_or_path", "reward")
         else:
             parents.reward_run = require_parent(config, "reward")
             parents.reward_dir = parents.reward_run.model_dir

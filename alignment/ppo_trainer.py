@@ -46,6 +46,7 @@ from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax, s
 from alignment import ppo_core as core
 from recipes.finite_loss import non_finite_error
 from recipes.generation import as_messages, generate_answers, render_prompts
+from recipes.rundir import check_checkpoint
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -287,6 +288,7 @@ class PPOTrainer(_BaseTrainer):
         steps = checkpoints(self.checkpoints_dir)
         if not steps:
             return 0
+        check_checkpoint(self.checkpoints_dir / f"checkpoint-{max(steps)}")
         state = torch.load(self.checkpoints_dir / f"checkpoint-{max(steps)}" / "state.pt", weights_only=False)
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

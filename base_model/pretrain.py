@@ -28,7 +28,7 @@ from base_model.flops import flops_per_token, measure_matmul_peak
 from recipes.config import RunArguments, parse_config
 from recipes.errors import UserError
 from recipes.progress import step_bar
-from recipes.rundir import RunDir, atomic_write_text
+from recipes.rundir import RunDir, atomic_write_text, check_checkpoint
 from recipes.tracking import markdown_table
 
 STAGE = "pretrain"
@@ -333,6 +333,7 @@ def main(config: PretrainConfig) -> dict:
     if config.resume:
         checkpoints = checkpoint_dirs(run)
         if checkpoints:
+            check_checkpoint(checkpoints[-1])
             accelerator.load_state(str(checkpoints[-1]))
             state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
             step, initial_eval_loss = state["step"], state["initial_eval_loss"]

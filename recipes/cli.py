@@ -1,13 +1,14 @@
 """`rlhf-lab <command>`: one entry point for every stage and tool.
 
 Each command lives in its own module exposing `cli(argv) -> int`; modules are imported only when
-their command runs, so `rlhf-lab --help` is instant. User mistakes (`UserError`) print one line and
-exit 2; nothing else is caught, so a real bug still shows its traceback.
+their command runs, so `rlhf-lab --help` is instant. User mistakes (`UserError`) and failed writes (a full
+disk) print one line and exit 2; nothing else is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import os
 import sys
@@ -67,6 +68,46 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rlhf-lab {command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        message = write_failure(err)
+        if message is None:
+            raise
+        print(f"rlhf-lab {command}: error: {message} (free some space, then run the same command with --resume)",
+              file=sys.stderr)
+        return 2
+
+
+# A full disk (or quota, or file-size limit, or read-only mount) reaches us as an OSError, or as the words of a
+# library that wraps it (safetensors, torch's zip writer).
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+WRITE_WORDS = ("No space left on device", "File too large", "Disk quota exceeded", "Read-only file system",
+               "file write failed")
+PATH_LOCALS = ("filename", "file_path", "path", "tmp", "output_dir", "save_directory", "directory")
+
+
+def write_failure(err: BaseException) -> str | None:
+    """One line for an exception caused by a failed write, naming the file being written; None for any other."""
+    chain, seen = err, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno in WRITE_ERRNOS:
+            return f"cannot write {chain.filename or file_being_written(err)}: {chain.strerror}"
+        chain = chain.__cause__ or chain.__context__
+    words = next((w for w in WRITE_WORDS if w in str(err)), None)
+    return None if words is None else f"cannot write {file_being_written(err)}: {words}"
+
+
+def file_being_written(err: BaseException) -> str:
+    """The innermost path-like local variable along the traceback: the file (or folder) a save was writing."""
+    tb, found = err.__traceback__, None
+    while tb is not None:
+        for name in PATH_LOCALS:
+            value = tb.tb_frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) and os.sep in os.fspath(value):
+                found = os.fspath(value)
+                break
+        tb = tb.tb_next
+    return found or "a file"
 
 
 if __name__ == "__main__":

@@ -182,6 +182,24 @@ def _config_path(argv: list[str]) -> Path | None:
     return None
 
 
+# Sizes that mean nothing at zero or below, in whichever stage has them (transformers and TRL check few).
+POSITIVE_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                 "num_train_epochs", "learning_rate", "max_length", "max_prompt_length", "max_completion_length",
+                 "num_generations", "steps_per_generation", "response_length", "num_mini_batches", "num_ppo_epochs",
+                 "logging_steps", "eval_every", "n", "eval_samples_per_prompt", "eval_generation_batch_size")
+NON_NEGATIVE_KEYS = ("warmup_steps", "save_total_limit", "weight_decay", "max_grad_norm", "beta", "kl_coef")
+
+
+def check_sizes(values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if key in POSITIVE_KEYS and value <= 0:
+            raise ValueError(f"key '{key}' must be positive, got {value}")
+        if key in NON_NEGATIVE_KEYS and value < 0:
+            raise ValueError(f"key '{key}' must be zero or positive, got {value}")
+
+
 def build_parser(config_class: type, command: str, description: str = "") -> _Parser:
     parser = _Parser(config_class, prog=f"rlhf-lab {command}", description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file of this stage's keys; flags override it.")
@@ -221,6 +239,7 @@ def parse_config(config_class: type[T], argv: list[str], command: str, descripti
 
     values = {k: v for k, v in vars(namespace).items() if k in known}
     try:
+        check_sizes(values)
         config = config_class(**values)
     except (ValueError, TypeError) as err:
         raise UserError(f"{config_path or 'command line'}: {err}") from None

@@ -117,6 +117,31 @@ def weights_hash(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def check_checkpoint(checkpoint: Path) -> None:
+    """Refuse, in one line, a checkpoint with a damaged file before a resume tries to load it: the header of each
+    safetensors file, the zip directory of each torch file and each JSON file are read (not the tensors)."""
+    import zipfile
+
+    for path in sorted(Path(checkpoint).rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    archive.namelist()
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+        except Exception as err:  # each reader has its own error types for a truncated or garbled file
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise UserError(f"{path}: damaged checkpoint file ({reason}); delete {checkpoint} to resume from the "
+                            "checkpoint before it, or pass --overwrite to start over") from None
+
+
 class RunDir:
     """One stage's run directory, e.g. runs/smoke/pretrain."""
 
@@ -197,6 +222,8 @@ class RunDir:
                             "(pass --overwrite to run it again)")
         if resume and self.config_path.is_file():
             self._check_same_config(config)
+        if resume and self.latest_checkpoint() is not None:
+            check_checkpoint(self.latest_checkpoint())  # before the manifest records a resume
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, to_yaml(config))
         previous = self.manifest() if resume else None
@@ -235,6 +262,13 @@ class RunDir:
             raise UserError(f"{self.config_path}: --resume needs the same config as the interrupted run; "
                             f"these keys differ: {', '.join(changed)}")
 
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint of any stage's layout (checkpoint-N or step-N, with its trainer_state.json
+        or PPO's state.pt, each written last), or None."""
+        done = [p for p in self.checkpoints_dir.glob("*-*") if p.name.split("-")[-1].isdigit()
+                and ((p / "trainer_state.json").is_file() or (p / "state.pt").is_file())]
+        return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+
     def resume_checkpoint(self, resume: bool) -> str | None:
         """With --resume, the newest complete trainer checkpoint (checkpoint-N whose trainer_state.json,
         written last, exists), so a run killed while saving resumes from the one before; else None."""
@@ -246,6 +280,7 @@ class RunDir:
             print(f"no complete checkpoint in {self.checkpoints_dir}; starting from step 0")
             return None
         latest = max(done, key=lambda p: int(p.name.split("-")[-1]))
+        check_checkpoint(latest)
         print(f"resuming from {latest}")
         return str(latest)
 

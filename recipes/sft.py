@@ -24,6 +24,7 @@ from recipes.config import LoraArguments, RunArguments, TrainerDefaults, parse_c
 from recipes.errors import UserError
 from recipes.exact_resume import with_exact_resume
 from recipes.finite_loss import guarded_train
+from recipes.model_dirs import check_model_dir
 from recipes.progress import StepProgress
 from recipes.rundir import RunDir, require_parent, weights_hash
 from recipes.training_log import logged, mean_train_loss
@@ -99,6 +100,8 @@ def resolve_model_path(config: SFTStageConfig) -> tuple[Path | str, RunDir | Non
         path = Path(config.model_name_or_path)
         if not path.exists() and (path.is_absolute() or str(path).startswith(".") or path.suffix):
             raise UserError(f"key 'model_name_or_path': {path} does not exist")
+        if path.is_dir():
+            check_model_dir(path, "model_name_or_path", "policy")
         return (path if path.exists() else config.model_name_or_path), None
     parent = require_parent(config, PARENT)
     return parent.model_dir, parent

@@ -22,6 +22,7 @@ from recipes.config import LoraArguments, RunArguments, parse_config, resolve_tr
 from recipes.errors import UserError
 from recipes.exact_resume import with_exact_resume
 from recipes.finite_loss import guarded_train
+from recipes.model_dirs import check_model_dir
 from recipes.progress import StepProgress
 from recipes.rundir import RunDir, require_parent
 from recipes.training_log import logged, mean_train_loss
@@ -214,10 +215,7 @@ def load_eval_prompts(config: RewardStageConfig) -> list:
 def resolve_parent(config: RewardStageConfig) -> tuple[Path, RunDir | None]:
     """The SFT model directory, and the SFT run it came from (None for a model given by path)."""
     if config.model_name_or_path:
-        path = Path(config.model_name_or_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise UserError(f"key 'model_name_or_path': {path} is not a saved model directory (no config.json)")
-        return path, None
+        return check_model_dir(config.model_name_or_path, "model_name_or_path", "backbone"), None
     parent = require_parent(config, PARENT)
     return parent.model_dir, parent
 

@@ -14,6 +14,28 @@ EXTENSIONS = (".jsonl", ".json", ".parquet", ".txt")
 
 
 def read_file(path: Path, name: str, text_field: str = "text") -> Rows:
+    try:
+        rows = _read_file(path, name, text_field)
+    except UnicodeDecodeError:
+        raise UserError(not_utf8(path, name)) from None
+    if not rows.records:
+        raise UserError(f"{name}: the file holds no rows" + (" (it is empty)" if path.stat().st_size == 0 else ""))
+    return rows
+
+
+def not_utf8(path: Path, name: str) -> str:
+    """Where a file stops being UTF-8: the line and the byte, for the one-line error."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        return (f"{name} row {line}: expected UTF-8 text, found byte 0x{data[error.start]:02x} "
+                "(re-save the file as UTF-8)")
+    return f"{name}: expected UTF-8 text"
+
+
+def _read_file(path: Path, name: str, text_field: str) -> Rows:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return _read_jsonl(path, name)
