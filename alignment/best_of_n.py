@@ -94,6 +94,10 @@ def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
 def main(config: BestOfNConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
+    from recipes.distributed import require_one_process
+
+    require_one_process("align --method best-of-n")
+
     from alignment.common import build_evaluator, load_policy, load_reward_model, resolve_parents, start_run
     from alignment.evaluate import write
     from recipes.data import fingerprint

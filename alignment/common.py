@@ -153,11 +153,16 @@ def start_run(config, method: str, parents: Parents, data: dict | None = None) -
 
 
 def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float) -> dict:
-    """Save the aligned model (merged if LoRA) and the final metrics, and print the headline numbers."""
+    """Save the aligned model (merged if LoRA) and the final metrics, and print the headline numbers
+    (on the main process only, under `accelerate launch`)."""
+    from recipes.distributed import process_state
+
+    metrics = {**metrics, "wall_time_s": round(time.time() - started, 2)}
+    if not process_state().is_main_process:
+        return metrics
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     run.save_model(model, tokenizer)
-    metrics = {**metrics, "wall_time_s": round(time.time() - started, 2)}
     run.finish(metrics)
     print(f"wrote {run.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
           f"{metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]  "

@@ -136,10 +136,13 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         load_policy,
         load_reward_model,
         resolve_parents,
+        run_name,
         start_run,
     )
     from alignment.evaluate import EvaluationCallback
+    from recipes.distributed import claim_run
     from recipes.progress import StepProgress
+    from recipes.rundir import RunDir
     from recipes.tracking import route_trainer_events
 
     started = time.time()
@@ -178,9 +181,10 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     rows = to_rows(pairs, config) if to_rows else pairs
 
     prompts = load_eval_prompts(config)
-    run_dir = start_run(config, method, parents, data={
-        "pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows), **sampled,
-        "eval_num_prompts": len(prompts), "eval_prompts_fingerprint": prompts_fingerprint(prompts)})
+    data = {"pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows), **sampled,
+            "eval_num_prompts": len(prompts), "eval_prompts_fingerprint": prompts_fingerprint(prompts)}
+    run_dir = claim_run(RunDir.for_config(config, run_name(config, method)),
+                        lambda: start_run(config, method, parents, data=data))
     route_trainer_events(run_dir)
     evaluator = build_evaluator(config, reference, tokenizer, reward_model)  # samples the SFT baseline answers
 

@@ -183,8 +183,6 @@ def train_metrics(trainer, reward_name: str) -> dict:
 
 def run_online(config, method: str, trainer_class) -> dict:
     """`main` of an online method: SFT policy + reward -> trainer_class -> evaluated, saved run."""
-    from accelerate import PartialState
-
     import base_model
     from alignment.common import (
         build_evaluator,
@@ -197,6 +195,7 @@ def run_online(config, method: str, trainer_class) -> dict:
         start_run,
     )
     from alignment.evaluate import EvaluationCallback
+    from recipes.distributed import claim_run
     from recipes.progress import StepProgress
     from recipes.rundir import RunDir
     from recipes.tracking import route_trainer_events
@@ -216,12 +215,8 @@ def run_online(config, method: str, trainer_class) -> dict:
     sft_model.to(device)
 
     data = {"reward": config.reward, "train_prompts": len(prompts), "longest_prompt_tokens": longest_prompt}
-    process = PartialState()  # under `accelerate launch`, one process claims the run directory
-    run = start_run(config, method, parents, data=data) if process.is_main_process \
-        else RunDir.for_config(config, run_name(config, method))
-    process.wait_for_everyone()
-    if not process.is_main_process:
-        run.follow()
+    run = claim_run(RunDir.for_config(config, run_name(config, method)),
+                    lambda: start_run(config, method, parents, data=data))
     route_trainer_events(run)
     reward_func = make_reward_func(config, reward_model, reward_tokenizer)
     evaluator = build_evaluator(config, sft_model, tokenizer, reward_model)

@@ -126,14 +126,23 @@ def check_context(config, policy, tokenizer, prompts) -> int:
 
 
 def main(config: PPOStageConfig) -> dict:
-    import base_model  # noqa: F401
     from torch.utils.tensorboard import SummaryWriter
     from transformers import set_seed
 
-    from alignment.common import (build_evaluator, causal_lm_peft_config, finish_run, load_policy,
-                                  load_reward_model, resolve_parents, start_run)
+    import base_model  # noqa: F401
+    from alignment.common import (
+        build_evaluator,
+        causal_lm_peft_config,
+        finish_run,
+        load_policy,
+        load_reward_model,
+        resolve_parents,
+        start_run,
+    )
     from alignment.ppo_trainer import PPOTrainer, checkpoints
+    from recipes.distributed import require_one_process
 
+    require_one_process("align --method ppo")
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
     set_seed(config.seed)

@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"did you mean '{close[0]}'?" if close else "see `rlhf-lab --help`"
         print(f"rlhf-lab: unknown command '{command}' ({hint})", file=sys.stderr)
         return 2
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: before any config is parsed
+        from recipes.distributed import process_state
+
+        process_state()
     try:
         module = importlib.import_module(COMMANDS[command][0])
         return int(module.cli(rest) or 0)

@@ -57,7 +57,7 @@ class FiniteLossGuard(TrainerCallback):
     """Attach with `FiniteLossGuard().attach(trainer)`. Checks after the gradients are clipped and before the
     optimizer steps, so a bad step never reaches the weights or a checkpoint."""
 
-    def attach(self, trainer) -> "FiniteLossGuard":
+    def attach(self, trainer) -> FiniteLossGuard:
         self.trainer = trainer
         trainer.args.logging_nan_inf_filter = False
         trainer.callback_handler.callbacks.insert(0, self)  # before any callback that samples from the policy

@@ -21,6 +21,7 @@ from pathlib import Path
 import trl
 
 from recipes.config import LoraArguments, RunArguments, TrainerDefaults, parse_config
+from recipes.distributed import claim_run
 from recipes.errors import UserError
 from recipes.exact_resume import with_exact_resume
 from recipes.finite_loss import guarded_train
@@ -108,8 +109,9 @@ def resolve_model_path(config: SFTStageConfig) -> tuple[Path | str, RunDir | Non
 
 
 def load_model(path):
-    import base_model  # noqa: F401  (registers the architecture with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -212,7 +214,6 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 
 
 def main(config: SFTStageConfig) -> dict:
-    from accelerate import PartialState
 
     from recipes.sft_callbacks import GoldEvalCallback
     from recipes.tracking import route_trainer_events
@@ -240,12 +241,7 @@ def main(config: SFTStageConfig) -> dict:
             "eval_prompts": config.eval_prompts, "eval_num_prompts": len(prompts), "model": str(model_path)}
     if parent is None and Path(model_path).is_dir():
         data["model_weights_sha256"] = weights_hash(Path(model_path))
-    process = PartialState()  # under `accelerate launch`, one process claims the run directory
-    if process.is_main_process:
-        run.start(config, parent=parent, data=data)
-    process.wait_for_everyone()
-    if not process.is_main_process:
-        run.follow()
+    claim_run(run, lambda: run.start(config, parent=parent, data=data))
     route_trainer_events(run)
 
     gold = GoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,

@@ -18,7 +18,13 @@ from pathlib import Path
 import trl
 from transformers import TrainerCallback
 
-from recipes.config import LoraArguments, RunArguments, parse_config, resolve_trainer_precision
+from recipes.config import (
+    LoraArguments,
+    RunArguments,
+    parse_config,
+    resolve_trainer_precision,
+)
+from recipes.distributed import claim_run
 from recipes.errors import UserError
 from recipes.exact_resume import with_exact_resume
 from recipes.finite_loss import guarded_train
@@ -222,10 +228,10 @@ def resolve_parent(config: RewardStageConfig) -> tuple[Path, RunDir | None]:
 
 def load_reward_model(model_dir: Path, seed: int):
     """The SFT backbone under a fresh one-output score head (transformers reports the head as new)."""
-    import base_model  # noqa: F401  registers the architecture with the Auto classes
     from transformers import AutoModelForSequenceClassification, set_seed
     from transformers.utils import logging as hf_logging
 
+    import base_model  # noqa: F401  registers the architecture with the Auto classes
     from base_model import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
@@ -241,8 +247,9 @@ def load_reward_model(model_dir: Path, seed: int):
 
 
 def load_policy(model_dir: Path):
-    import base_model  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import base_model  # noqa: F401
 
     return AutoModelForCausalLM.from_pretrained(str(model_dir))
 
@@ -291,9 +298,9 @@ def main(config: RewardStageConfig) -> dict:
             raise UserError("key 'sft_sample_pairs': needs the annotators' noise; set annotator_bt_temperature "
                             "and annotator_flip_rate, or train on world data")
         distinct_prompts(train_pairs["prompt"], config.sft_sample_pairs)
-    run.start(config, parent=parent, data={
+    claim_run(run, lambda: run.start(config, parent=parent, data={
         "source": config.dataset_name, "fingerprint": data_fingerprint(config), "train_pairs": len(train_pairs),
-        "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts, "model": str(model_dir)})
+        "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts, "model": str(model_dir)}))
     config.output_dir = str(run.checkpoints_dir)  # after start: config.yaml keeps output_dir unset
 
     model, tokenizer = load_reward_model(model_dir, config.seed)
@@ -341,9 +348,10 @@ def main(config: RewardStageConfig) -> dict:
         "wall_time_s": round(time.time() - started, 2),
     })
 
-    run.save_model(trained, tokenizer)
-    run.finish(metrics)
-    print(summary_line(metrics, run))
+    if trainer.is_world_process_zero():
+        run.save_model(trained, tokenizer)
+        run.finish(metrics)
+        print(summary_line(metrics, run))
     return metrics
 
 

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from recipes.cli import main as rlhf_lab

@@ -67,3 +67,29 @@ def test_a_killed_or_failing_rerun_leaves_the_finished_run_intact_until_a_rerun_
     assert manifest["status"] == "finished" and len(manifest["resumed"]) == 1 and manifest["metrics"]["steps"] == 20
     assert "learning_rate: 0.001" in (final / "config.yaml").read_text() and digest(final) != before
     assert not rerun.exists() and sorted(p.name for p in (smoke_runs / "keep").iterdir()) == [".lock", "sft"]
+
+
+def test_the_runner_resumes_an_interrupted_rerun_beside_a_finished_run(tmp_path):
+    """`rlhf-lab run` decides to resume from what it finds: an interrupted --overwrite rerun of the same config
+    counts, one of another config does not (it is started over)."""
+    from recipes.config import parse_config
+    from recipes.rundir import atomic_write_text
+    from recipes.runner import resumable
+    from recipes.sft import SFTStageConfig
+
+    config = parse_config(SFTStageConfig, ["--config", SFT, "--runs_root", str(tmp_path), "--recipe", "r"], "sft")
+    run = RunDir(tmp_path, "r", "sft")
+    run.start(config)
+    (run.model_dir).mkdir()
+    run.finish({})
+    assert not resumable(run, config)  # finished, nothing interrupted
+
+    config.overwrite = True
+    rerun = RunDir(tmp_path, "r", "sft")
+    rerun.start(config)  # staged beside the finished run
+    assert rerun.path == rerun.rerun_path and run.is_finished()
+    (rerun.checkpoints_dir / "checkpoint-2").mkdir(parents=True)
+    atomic_write_text(rerun.checkpoints_dir / "checkpoint-2/trainer_state.json", "{}")
+    assert resumable(RunDir(tmp_path, "r", "sft"), config)
+    config.learning_rate = 1e-5
+    assert not resumable(RunDir(tmp_path, "r", "sft"), config)

@@ -1,0 +1,42 @@
+"""Processes under `accelerate launch` (or torchrun): which one is which, on GPUs or on a CPU-only machine.
+
+On a machine without CUDA, `accelerate launch --multi_gpu --num_processes N` starts N processes, but
+accelerate's state and transformers' TrainingArguments each see one process unless told to use the CPU:
+every process would then train alone and claim the same run directory. `process_state()` sets that up
+(gloo process group) before either looks, and is the one way stages ask who is the main process.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def process_state():
+    """accelerate's PartialState, across every launched process (gloo on CPU, NCCL on GPUs)."""
+    import torch
+    from accelerate import PartialState
+
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # what transformers' TrainingArguments reads
+    return PartialState(cpu=on_cpu)
+
+
+def claim_run(run, start, process=None):
+    """`start()` (which claims the run directory) on the main process; the others wait, then write where it does."""
+    process = process or process_state()
+    result = start() if process.is_main_process else run
+    process.wait_for_everyone()
+    if not process.is_main_process:
+        run.follow()
+    return result
+
+
+def require_one_process(what: str) -> None:
+    """Stop, in one line, a stage that is not written for several processes when it is launched on several."""
+    from recipes.errors import UserError
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        raise UserError(f"{what} runs in one process, but was launched on {processes} (WORLD_SIZE); "
+                        "run it without `accelerate launch` or torchrun")
