@@ -338,7 +338,7 @@ def main(config: RewardStageConfig) -> dict:
     writer.close()
 
     trained = trainer.model.merge_and_unload() if config.use_peft else trainer.model
-    metrics = dict(callback.last)
+    metrics = dict(callback.last or {})  # the gold checks run on the main process only
     metrics.update({
         "train_loss": (logged(trainer, "loss") or [None])[-1],
         "mean_train_loss": mean_train_loss(trainer),
