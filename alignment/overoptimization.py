@@ -151,7 +151,7 @@ def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: Overoptimi
     return curves
 
 
-def ppo_curve(sft_dir: Path, reward_dir: Path, name: str, config: OveroptimizationConfig) -> list[dict]:
+def ppo_curve(sft_dir: Path, reward_dir: Path, name: str, config: OveroptimizationConfig, stage: RunDir) -> list[dict]:
     """PPO against one proxy; [{step, kl, gold, proxy}] at each of its evaluations."""
     from alignment import ppo
     from alignment.compare_plots import read_curves
@@ -165,13 +165,14 @@ def ppo_curve(sft_dir: Path, reward_dir: Path, name: str, config: Overoptimizati
     if config.runs_root:
         argv += ["--runs_root", config.runs_root]
     ppo_config = ppo.parse(argv)
-    ppo.main(ppo_config)
+    sub_run(ppo, ppo_config, f"align-ppo-{name}", config, stage)
     curves = read_curves(RunDir.for_config(ppo_config, f"align-ppo-{name}").tb_dir)
     kl, gold, proxy = (dict(curves.get(k, [])) for k in ("kl", "gold", "proxy"))
     return [{"step": s, "kl": kl[s], "gold": gold[s], "proxy": proxy.get(s)} for s in sorted(set(kl) & set(gold))]
 
 
-def train_proxy(sft_dir: Path, name: str, pairs: int, flip_rate: float, config: OveroptimizationConfig) -> tuple[Path, dict]:
+def train_proxy(sft_dir: Path, name: str, pairs: int, flip_rate: float, config: OveroptimizationConfig,
+                stage: RunDir) -> tuple[Path, dict]:
     from reward import train
 
     argv = ["--config", config.proxy_config, "--model_name_or_path", str(sft_dir), "--run_name", name,
@@ -180,8 +181,26 @@ def train_proxy(sft_dir: Path, name: str, pairs: int, flip_rate: float, config: 
     if config.runs_root:
         argv += ["--runs_root", config.runs_root]
     reward_config = train.parse(argv)
-    metrics = train.main(reward_config)
+    metrics = sub_run(train, reward_config, name, config, stage)
     return RunDir.for_config(reward_config, name).model_dir, metrics
+
+
+def sub_run(module, sub_config, name: str, config: OveroptimizationConfig, stage: RunDir) -> dict:
+    """Run one proxy or PPO run of the experiment. With --resume, one that finished with the same config and
+    parents is kept and one that was interrupted continues from its checkpoint, as `rlhf-lab run` does."""
+    from recipes.runner import reason_to_run, resumable
+
+    run = RunDir.for_config(sub_config, name)
+    if config.resume and reason_to_run(run, sub_config) is None:
+        print(f"[{STAGE}] {name}: finished with the same config, kept", flush=True)
+        return run.manifest()["metrics"]
+    if config.resume and resumable(run, sub_config):
+        sub_config.resume, sub_config.overwrite = True, False
+    metrics = module.main(sub_config)
+    done = stage.checkpoints_dir / "finished.json"  # its runs so far: a resume of the experiment keeps them
+    kept = json.loads(done.read_text()) if done.is_file() else []
+    atomic_write_text(done, json.dumps(sorted(set(kept) | {name}), indent=2) + "\n")
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,13 +231,13 @@ def main(config: OveroptimizationConfig) -> dict:
     proxies, proxy_metrics = {}, {}
     for name, pairs, flip_rate in config.proxies():
         print(f"[{STAGE}] proxy {name}: {pairs} pairs, {flip_rate:.0%} of labels swapped", flush=True)
-        proxies[name], proxy_metrics[name] = train_proxy(sft_dir, name, pairs, flip_rate, config)
+        proxies[name], proxy_metrics[name] = train_proxy(sft_dir, name, pairs, flip_rate, config, run)
     print(f"[{STAGE}] best-of-n, n = {sorted(set(config.best_of_n))}, against every proxy", flush=True)
     curves = {name: {"best-of-n": points} for name, points in best_of_n_curves(sft_dir, proxies, config).items()}
     if config.ppo_max_steps > 0:
         for name, reward_dir in proxies.items():
             print(f"[{STAGE}] PPO against {name}, KL penalty {config.ppo_kl_coef}", flush=True)
-            curves[name]["ppo"] = ppo_curve(sft_dir, reward_dir, name, config)
+            curves[name]["ppo"] = ppo_curve(sft_dir, reward_dir, name, config, run)
 
     results = {"proxies": {}, "sft_gold": curves[next(iter(curves))]["best-of-n"][0]["gold"]}
     for name, by_method in curves.items():

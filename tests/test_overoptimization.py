@@ -49,15 +49,18 @@ def test_label_flips_swap_the_asked_share_of_pairs_and_nothing_else():
     assert flipped == flip_labels(pairs, 0.3, seed=0) and flipped != flip_labels(pairs, 0.3, seed=1)
 
 
-def test_overoptimization_recipe_runs_in_smoke_size(smoke_sft, smoke_runs, capsys):
-    argv = ["overoptimization", "--config", str(REPO / "recipes/overoptimization/overoptimization.yaml"),
+def smoke_argv(smoke_sft: Path, smoke_runs: Path, recipe: str) -> list[str]:
+    return ["overoptimization", "--config", str(REPO / "recipes/overoptimization/overoptimization.yaml"),
             "--sft_model_name_or_path", str(smoke_sft / "model"), "--runs_root", str(smoke_runs),
-            "--recipe", "overopt-smoke", "--proxy_config", str(REPO / "recipes/smoke/reward.yaml"),
+            "--recipe", recipe, "--proxy_config", str(REPO / "recipes/smoke/reward.yaml"),
             "--ppo_config", str(REPO / "recipes/smoke/align-ppo.yaml"), "--proxy_pairs", "60", "30",
             "--proxy_flip_rates", "0", "0.4", "--best_of_n", "1", "2", "4", "--ppo_max_steps", "2",
             "--ppo_eval_every", "1", "--eval_prompts", "world:eval?size=smoke&seed=0", "--eval_num_prompts", "8",
             "--eval_max_new_tokens", "24"]
-    assert rlhf_lab(argv) == 0
+
+
+def test_overoptimization_recipe_runs_in_smoke_size(smoke_sft, smoke_runs, capsys):
+    assert rlhf_lab(smoke_argv(smoke_sft, smoke_runs, "overopt-smoke")) == 0
     out = capsys.readouterr().out
     assert "| proxy | method |" in out
     run = smoke_runs / "overopt-smoke" / "overoptimization"
@@ -88,3 +91,52 @@ def test_overoptimization_without_the_parent_sft_run_names_the_command(tmp_path,
                      "--runs_root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "rlhf-lab run recipes/tinyworld" in err, err
+
+
+def test_overoptimization_killed_at_a_random_moment_resumes_to_the_same_results(smoke_sft, smoke_runs):
+    """After the test above: SIGKILL the experiment after a random number of its proxy and PPO runs, a random
+    moment later; --resume keeps the finished runs, continues the interrupted one and ends with the same results."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    seed = int(os.environ.get("RLHF_LAB_KILL_SEED") or random.SystemRandom().randrange(10**6))
+    rng = random.Random(seed)
+    after, delay = rng.randrange(1, 4), rng.uniform(0.0, 1.0)  # of the 4 runs: 2 proxies, then 2 PPO
+    print(f"RLHF_LAB_KILL_SEED={seed}: killing {delay:.2f} s after {after} finished runs")
+    argv = smoke_argv(smoke_sft, smoke_runs, "overopt-killed")
+    run = smoke_runs / "overopt-killed" / "overoptimization"
+    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", *argv], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, progress = time.time() + 300, run / "checkpoints/finished.json"
+    while not (progress.is_file() and len(json.loads(progress.read_text())) >= after):
+        assert child.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    assert json.loads((run / "manifest.json").read_text())["status"] == "running"
+
+    assert rlhf_lab(argv) == 2  # protected
+    assert rlhf_lab(argv + ["--resume"]) == 0
+    resumed = json.loads((run / "results.json").read_text())
+    reference = json.loads((smoke_runs / "overopt-smoke/overoptimization/results.json").read_text())
+    got, want = dict(leaves(resumed)), dict(leaves(reference))
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
+
+
+def leaves(obj, path=""):
+    """(path, value) of every number, string and None in a JSON document."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from leaves(value, f"{path}/{key}")
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            yield from leaves(value, f"{path}/{i}")
+    else:
+        yield path, obj
