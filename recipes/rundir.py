@@ -291,9 +291,11 @@ class RunDir:
             shutil.rmtree(tmp)
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        if self.model_dir.exists():
-            shutil.rmtree(self.model_dir)
-        os.replace(tmp, self.model_dir)
+        if self.model_dir.exists():  # swapped in one step, so model/ is never missing or half-written
+            exchange(tmp, self.model_dir)
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, self.model_dir)
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """Mark the run finished; a staged rerun then takes the finished run's place, which is removed."""

@@ -58,6 +58,7 @@ def test_a_non_finite_loss_stops_the_stage_naming_the_step_and_the_last_good_che
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     line = err.strip().splitlines()[-1]  # after the loading bars of transformers and datasets, the one error line
+    print(f"{stage}: {line}")
     found = re.search(r"became (nan|inf|-inf|NaN or infinite) (?:at|after) step (\d+); last good checkpoint: (\S+)", line)
     assert found, line
     step, checkpoint = int(found.group(2)), Path(found.group(3))
