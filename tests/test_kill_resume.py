@@ -2,8 +2,8 @@
 
 Each case runs a stage twice on the smoke parents, in recipes of its own: once straight through (the
 reference) and once in a child process killed at a random moment after a random checkpoint, then
-resumed through the CLI. Pretraining has its own such test (test_pretrain.py), and `rlhf-lab run`'s
-resume of an interrupted recipe is tested in test_run_compare.py.
+resumed through the CLI. `rlhf-lab run`'s resume of an interrupted recipe is tested in
+test_run_compare.py, the over-optimisation experiment's in test_overoptimization.py.
 
 The kill point is drawn afresh each run and printed; set RLHF_LAB_KILL_SEED to replay one.
 """
@@ -33,6 +33,9 @@ SMOKE = REPO / "recipes/smoke"
 # that are not deterministic across a restart on other hardware.
 ALIGN = ["--sft_model_name_or_path", "{sft}", "--reward_model_name_or_path", "{reward}", "--eval_num_prompts", "4"]
 CASES = {
+    "pretrain": (["pretrain", "--config", str(SMOKE / "pretrain.yaml"), "--max_steps", "60", "--save_steps", "10",
+                  "--eval_steps", "30", "--save_total_limit", "2"],
+                 10, 60, ("train_loss", "eval_loss", "initial_eval_loss"), 0.0),
     "sft": (["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", "{pretrain}",
              "--max_steps", "20", "--save_steps", "2", "--eval_steps", "20", "--eval_num_prompts", "2"],
             2, 20, ("train_loss", "mean_train_loss", "eval_loss", "gold_reward"), 0.0),
@@ -59,15 +62,15 @@ CASES = {
 
 
 def stage_dir(stage: str) -> str:
-    return stage if stage in ("sft", "reward") else f"align-{stage}"
+    return stage if stage in ("pretrain", "sft", "reward") else f"align-{stage}"
 
 
 def completed_checkpoints(checkpoints: Path) -> list[int]:
-    """Steps of the checkpoints a resume could use (HF's trainer_state.json or PPO's state.pt written)."""
+    """Steps of the checkpoints a resume could use (trainer_state.json or PPO's state.pt written last)."""
     if not checkpoints.is_dir():
         return []
-    return sorted(int(p.name.split("-")[-1]) for p in checkpoints.glob("checkpoint-*")
-                  if (p / "trainer_state.json").is_file() or (p / "state.pt").is_file())
+    return sorted(int(p.name.split("-")[-1]) for p in checkpoints.glob("*-*") if p.name.split("-")[-1].isdigit()
+                  and ((p / "trainer_state.json").is_file() or (p / "state.pt").is_file()))
 
 
 def kill_seed() -> int:
