@@ -25,6 +25,7 @@ from pathlib import Path
 
 from recipes.config import RunArguments, parse_config
 from recipes.errors import UserError
+from recipes.model_dirs import check_model_dir
 from recipes.rundir import RunDir, atomic_write_text, require_parent, weights_hash
 
 STAGE = "overoptimization"
@@ -209,10 +210,7 @@ def sub_run(module, sub_config, name: str, config: OveroptimizationConfig, stage
 
 def resolve_sft(config: OveroptimizationConfig) -> tuple[Path, RunDir | None]:
     if config.sft_model_name_or_path:
-        path = Path(config.sft_model_name_or_path)
-        if not (path / "config.json").is_file():
-            raise UserError(f"key 'sft_model_name_or_path': {path} is not a saved model directory (no config.json)")
-        return path, None
+        return check_model_dir(config.sft_model_name_or_path, "sft_model_name_or_path", "policy"), None
     parent_config = dataclasses.replace(config, recipe=config.parent_recipe)
     try:
         sft = require_parent(parent_config, "sft")

@@ -20,15 +20,14 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from recipes.errors import UserError
+from recipes.rundir import complete_checkpoints, step_of
 
 
 def last_good_checkpoint(checkpoints_dir: Path | str, before: int) -> str:
-    """The newest complete checkpoint (trainer_state.json or state.pt written last) of a step before `before`,
-    or 'none'. Checkpoint k holds the weights after k optimizer steps."""
-    done = [p for p in Path(checkpoints_dir).glob("checkpoint-*")
-            if p.name.split("-")[-1].isdigit() and int(p.name.split("-")[-1]) < before
-            and ((p / "trainer_state.json").is_file() or (p / "state.pt").is_file())]
-    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else "none"
+    """The newest complete checkpoint of a step before `before` (checkpoint k holds the weights after k
+    optimizer steps), or 'none'."""
+    done = [p for p in complete_checkpoints(Path(checkpoints_dir)) if step_of(p) < before]
+    return str(done[-1]) if done else "none"
 
 
 ADVICE = "(lower learning_rate, or check the data)"

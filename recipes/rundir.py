@@ -117,6 +117,18 @@ def weights_hash(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[-1])
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Every stage's complete checkpoints (checkpoint-N or step-N whose trainer_state.json, or PPO's state.pt,
+    was written last), oldest first: one killed while saving is not among them."""
+    done = [p for p in Path(checkpoints_dir).glob("*-*") if p.name.split("-")[-1].isdigit()
+            and ((p / "trainer_state.json").is_file() or (p / "state.pt").is_file())]
+    return sorted(done, key=step_of)
+
+
 def check_checkpoint(checkpoint: Path) -> None:
     """Refuse, in one line, a checkpoint with a damaged file before a resume tries to load it: the header of each
     safetensors file, the zip directory of each torch file and each JSON file are read (not the tensors)."""
@@ -263,23 +275,19 @@ class RunDir:
                             f"these keys differ: {', '.join(changed)}")
 
     def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint of any stage's layout (checkpoint-N or step-N, with its trainer_state.json
-        or PPO's state.pt, each written last), or None."""
-        done = [p for p in self.checkpoints_dir.glob("*-*") if p.name.split("-")[-1].isdigit()
-                and ((p / "trainer_state.json").is_file() or (p / "state.pt").is_file())]
-        return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+        """The newest complete checkpoint, or None."""
+        done = complete_checkpoints(self.checkpoints_dir)
+        return done[-1] if done else None
 
     def resume_checkpoint(self, resume: bool) -> str | None:
         """With --resume, the newest complete trainer checkpoint (checkpoint-N whose trainer_state.json,
         written last, exists), so a run killed while saving resumes from the one before; else None."""
         if not resume:
             return None
-        done = [p for p in self.checkpoints_dir.glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-        if not done:
+        latest = self.latest_checkpoint()
+        if latest is None:
             print(f"no complete checkpoint in {self.checkpoints_dir}; starting from step 0")
             return None
-        latest = max(done, key=lambda p: int(p.name.split("-")[-1]))
         check_checkpoint(latest)
         print(f"resuming from {latest}")
         return str(latest)
