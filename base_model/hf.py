@@ -20,13 +20,25 @@ from transformers.modeling_outputs import (
 
 from .model import RMSNorm, Block, attention_mask_4d, positions_from_mask, residual_std, rope_cos_sin
 
+# transformers 5.24 renamed the KV cache, argument and output field alike, from `past_key_values` to `cache`;
+# its `generate` passes `cache=` and reads `outputs["cache"]`, while 5.0-5.23 use only `past_key_values`. The
+# models here take either name and return the cache under the field this release declares, so `generate`
+# finds it on every 5.x (a cache passed under a name the forward ignores would be dropped without a word).
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _one_cache(cache, past_key_values):
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
 
 class GPTConfig(PretrainedConfig):
     """Hyper-parameters, named as in `LlamaConfig` (transformers 5 configs are dataclasses)."""
 
     model_type = "rlhf_lab_gpt"
     auto_map = {}  # TRL reads `config.auto_map`; None would break it
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     vocab_size: int = 512
     hidden_size: int = 256
@@ -63,7 +75,7 @@ class GPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True  # we always use torch's scaled_dot_product_attention
 
     def _init_weights(self, module):
@@ -94,13 +106,15 @@ class GPTModel(GPTPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
         output_hidden_states=None,
         return_dict=None,
+        past_key_values=None,
         **kwargs,
     ):
+        cache = _one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
@@ -108,11 +122,11 @@ class GPTModel(GPTPreTrainedModel):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False  # the recomputation in backward would write the cache twice
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if not use_cache:
-            past_key_values = None
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache = None
+        past_len = cache.get_seq_length() if cache is not None else 0
 
         if attention_mask is not None and attention_mask.shape[-1] < past_len + T:  # mask given for new tokens only
             ones = attention_mask.new_ones(B, past_len + T - attention_mask.shape[-1])
@@ -143,14 +157,14 @@ class GPTModel(GPTPreTrainedModel):
             if self.gradient_checkpointing and self.training:
                 x = self._gradient_checkpointing_func(layer.__call__, x, cos, sin, mask, None)
             else:
-                x = layer(x, cos, sin, mask, past_key_values)
+                x = layer(x, cos, sin, mask, cache)
         x = self.norm(x)
         if output_hidden_states:
             hidden_states.append(x)  # as in Llama: the last entry is after the final norm
         return BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=past_key_values,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            **{CACHE_FIELD: cache},
         )
 
     def get_input_embeddings(self):
@@ -191,19 +205,20 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
         output_hidden_states=None,
         logits_to_keep=0,
+        past_key_values=None,
         **kwargs,
     ):
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -218,7 +233,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         if labels is not None:  # next-token cross-entropy, -100 ignored
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **{CACHE_FIELD: out.get(CACHE_FIELD)}
         )
 
 
@@ -237,18 +252,19 @@ class GPTForSequenceClassification(GPTPreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
         output_hidden_states=None,
+        past_key_values=None,
         **kwargs,
     ):
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=bool(use_cache),  # a score needs no cache unless asked for
             output_hidden_states=output_hidden_states,
@@ -273,5 +289,5 @@ class GPTForSequenceClassification(GPTPreTrainedModel):
             else:
                 loss = F.cross_entropy(pooled, labels.view(-1))
         return SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=pooled, hidden_states=out.hidden_states, **{CACHE_FIELD: out.get(CACHE_FIELD)}
         )

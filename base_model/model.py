@@ -102,14 +102,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, C, bias=False)
         self.o_proj.is_residual_proj = True  # init scaled by 1/sqrt(2 * n_layers), see hf._init_weights
 
-    def forward(self, x, cos, sin, mask=None, past_key_values=None):
+    def forward(self, x, cos, sin, mask=None, cache=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past_key_values is not None:  # transformers Cache protocol: append, get everything so far
-            k, v = past_key_values.update(k, v, self.layer_idx)  # (B, K, S, D)
+        if cache is not None:  # transformers Cache protocol: append, get everything so far
+            k, v = cache.update(k, v, self.layer_idx)  # (B, K, S, D)
         if self.n_kv_heads != self.n_heads:  # grouped-query attention: share each K/V head
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
@@ -145,8 +145,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask=None, past_key_values=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, past_key_values)
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x
 

@@ -135,7 +135,7 @@ class _Decoder:
         training = self.model.training
         self.model.eval()  # in training mode with gradient checkpointing the backbone would skip the cache
         try:
-            h = self.model.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=self.cache,
+            h = self.model.model(input_ids=input_ids, attention_mask=attention_mask, cache=self.cache,
                                  use_cache=True).last_hidden_state
         finally:
             self.model.train(training)

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, AutoModelForSequenceClassification, AutoTokenizer
 
 from base_model import GPTConfig, GPTForCausalLM, GPTForSequenceClassification, GPTModel, train_tokenizer
+from base_model.hf import CACHE_FIELD
 
 V, PAD, EOS = 300, 0, 5
 ATOL = 1e-5
@@ -53,8 +54,8 @@ def test_kv_cache_matches_full_recompute(lm, chunks):
     full = lm(x, use_cache=False).logits
     cache, start, pieces = None, 0, []
     for n in chunks:
-        out = lm(x[:, start : start + n], past_key_values=cache, use_cache=True)
-        cache, start = out.past_key_values, start + n
+        out = lm(x[:, start : start + n], cache=cache, use_cache=True)
+        cache, start = out.get(CACHE_FIELD), start + n
         pieces.append(out.logits)
     assert cache.get_seq_length() == x.shape[1]
     torch.testing.assert_close(torch.cat(pieces, 1), full, atol=ATOL, rtol=0)
@@ -68,7 +69,7 @@ def test_kv_cache_with_left_padding(lm):
     x[0, :3] = PAD
     full = lm(x, attention_mask=mask, use_cache=False).logits
     out = lm(x[:, :5], attention_mask=mask[:, :5], use_cache=True)
-    rest = lm(x[:, 5:], attention_mask=mask, past_key_values=out.past_key_values, use_cache=True).logits
+    rest = lm(x[:, 5:], attention_mask=mask, past_key_values=out.get(CACHE_FIELD), use_cache=True).logits
     torch.testing.assert_close(torch.cat([out.logits, rest], 1)[mask.bool()], full[mask.bool()], atol=ATOL, rtol=0)
 
 
