@@ -63,12 +63,14 @@ def best_of(scores: list[list[float]]) -> list[int]:
 def sample_and_choose(evaluator, reward_model, n: int, seed: int):
     """(chosen answers, proxy scores [prompt][sample], chosen index per prompt, all samples [sample][prompt])."""
     from recipes.generation import generate_answers
+    from recipes.kill_switch import kill_if_asked
     from recipes.progress import step_bar
     from reward import score
 
     samples = [evaluator.sft_answers]  # sample 0: exactly the evaluator's SFT answers
     bar = step_bar(n, f"{METHOD} samples", initial=1)
     for k in range(1, n):
+        kill_if_asked(k)
         samples.append(generate_answers(evaluator.sft_model, evaluator.tokenizer, evaluator.prompts,
                                         **{**evaluator.generation, "seed": seed + k}))
         bar.update()

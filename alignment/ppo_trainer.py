@@ -45,8 +45,9 @@ from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax, s
 
 from alignment import ppo_core as core
 from recipes.finite_loss import non_finite_error
+from recipes.kill_switch import kill_if_asked
 from recipes.generation import as_messages, generate_answers, render_prompts
-from recipes.rundir import check_checkpoint
+from recipes.rundir import check_checkpoint, load_checkpoint_state
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -235,6 +236,7 @@ class PPOTrainer(_BaseTrainer):
                     model.parameters(), args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else math.inf)
                 if not math.isfinite(float(grad_norm)):
                     raise non_finite_error("gradient norm", float(grad_norm), rollout + 1, self.checkpoints_dir)
+                kill_if_asked(rollout + 1)
                 self.optimizer.step()
                 self.optimizer.zero_grad()
         out = {key: float(np.mean(values)) for key, values in sums.items() if key != "ratio_max_deviation"}
@@ -289,7 +291,7 @@ class PPOTrainer(_BaseTrainer):
         if not steps:
             return 0
         check_checkpoint(self.checkpoints_dir / f"checkpoint-{max(steps)}")
-        state = torch.load(self.checkpoints_dir / f"checkpoint-{max(steps)}" / "state.pt", weights_only=False)
+        state = load_checkpoint_state(self.checkpoints_dir / f"checkpoint-{max(steps)}" / "state.pt")
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

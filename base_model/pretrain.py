@@ -27,6 +27,7 @@ import torch
 from base_model.flops import flops_per_token, measure_matmul_peak
 from recipes.config import RunArguments, parse_config
 from recipes.errors import UserError
+from recipes.kill_switch import kill_if_asked
 from recipes.progress import step_bar
 from recipes.rundir import RunDir, atomic_write_text, check_checkpoint
 from recipes.tracking import markdown_table
@@ -386,6 +387,7 @@ def main(config: PretrainConfig) -> dict:
                 last_good = checkpoint_dirs(run)
                 raise UserError(f"{name} became {value} at step {step + 1}; last good checkpoint: "
                                 f"{last_good[-1] if last_good else 'none'} (lower learning_rate, or check the data)")
+        kill_if_asked(step + 1)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

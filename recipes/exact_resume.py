@@ -16,10 +16,13 @@ a resumed run begins.
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from recipes.rundir import load_checkpoint_state
 
 
 def state_file(checkpoint: str, process_index: int) -> str:
@@ -35,8 +38,9 @@ class ExactResume:
         state = {"tr_loss": float(self._tr_loss), "total_loss_scalar": self._total_loss_scalar,
                  "globalstep_last_logged": self._globalstep_last_logged}
         if hasattr(self, "_buffered_inputs"):  # GRPO, RLOO
+            metrics = getattr(self, "_metrics", None)  # {"train": defaultdict(list), "eval": ...}: saved as dicts
             state["rollout"] = {"step": self._step, "buffered_inputs": self._buffered_inputs,
-                                "metrics": getattr(self, "_metrics", None)}
+                                "metrics": None if metrics is None else {k: dict(v) for k, v in metrics.items()}}
         torch.save(state, state_file(folder, self.args.process_index))
         super()._save_checkpoint(model, trial)
 
@@ -44,7 +48,7 @@ class ExactResume:
         if isinstance(resume_from_checkpoint, str):
             path = state_file(resume_from_checkpoint, self.args.process_index)
             if os.path.isfile(path):
-                self.add_callback(_Restore(self, torch.load(path, weights_only=False, map_location=self.args.device)))
+                self.add_callback(_Restore(self, load_checkpoint_state(path, self.args.device)))
             else:
                 print(f"{resume_from_checkpoint} holds no {os.path.basename(path)}: the first log after the resume "
                       "averages only the steps since, and rollouts are generated afresh")
@@ -64,7 +68,7 @@ class _Restore(TrainerCallback):
         if "rollout" in saved:
             t._step, t._buffered_inputs = saved["rollout"]["step"], saved["rollout"]["buffered_inputs"]
             if saved["rollout"]["metrics"] is not None:
-                t._metrics = saved["rollout"]["metrics"]
+                t._metrics = {k: defaultdict(list, v) for k, v in saved["rollout"]["metrics"].items()}
 
 
 def with_exact_resume(trainer_class: type) -> type:

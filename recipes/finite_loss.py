@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from recipes.errors import UserError
+from recipes.kill_switch import kill_if_asked
 from recipes.rundir import complete_checkpoints, step_of
 
 
@@ -74,6 +75,7 @@ class FiniteLossGuard(TrainerCallback):
             norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
             if not math.isfinite(norm):
                 raise non_finite_error("gradient norm", norm, step, args.output_dir)
+        kill_if_asked(step)
 
 
 def guarded_train(trainer, resume_from_checkpoint=None):

@@ -154,6 +154,25 @@ def check_checkpoint(checkpoint: Path) -> None:
                             "checkpoint before it, or pass --overwrite to start over") from None
 
 
+def load_checkpoint_state(path: Path | str, map_location=None):
+    """A torch state file of a checkpoint, loaded as tensors and plain data only (`weights_only=True`, numpy's
+    arrays allowed as transformers allows them for its RNG states). A run directory may come from someone
+    else: a pickle that names any other Python object is refused in one line instead of being run."""
+    import pickle
+
+    import torch
+    from transformers.trainer_pt_utils import safe_globals
+
+    try:
+        with safe_globals():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        culprit = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
+        raise UserError(f"{path}: refused to load: the file holds Python objects other than tensors and plain "
+                        f"data, which loading could run as code{f' ({culprit})' if culprit else ''}; delete the "
+                        "checkpoint or pass --overwrite to start over") from None
+
+
 class RunDir:
     """One stage's run directory, e.g. runs/smoke/pretrain."""
 

@@ -1,26 +1,27 @@
 """Every stage survives SIGKILL at a random step: `--resume` finishes where an uninterrupted run finishes.
 
 Each case runs a stage twice on the smoke parents, in recipes of its own: once straight through (the
-reference) and once in a child process killed at a random moment after a random checkpoint, then
-resumed through the CLI. `rlhf-lab run`'s resume of an interrupted recipe is tested in
+reference) and once in a child process that SIGKILLs itself at a random step between two checkpoints (after
+that step's gradients, before its optimizer step: `recipes/kill_switch.py`), then resumed through the CLI.
+The kill is placed by the step, not by the clock, so it lands at the same point on a fast machine and a slow
+one. `rlhf-lab run`'s resume of an interrupted recipe is tested in
 test_run_compare.py, the over-optimisation experiment's in test_overoptimization.py.
 
-The kill point is drawn afresh each run and printed; set RLHF_LAB_KILL_SEED to replay one.
+The kill step is drawn afresh each run and printed; set RLHF_LAB_KILL_SEED to replay one.
 """
 
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from recipes.cli import main as rlhf_lab
+from recipes.kill_switch import ENV as KILL_ENV
 from recipes.rundir import weights_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,23 +91,16 @@ def test_a_stage_killed_at_a_random_step_resumes_to_the_uninterrupted_result(sta
     seed = kill_seed()
     rng = random.Random(seed)
     after = rng.randrange(every, steps - 2 * every + 1, every)  # a checkpoint well before the last step
-    delay = rng.uniform(0.0, 0.25)  # then somewhere in the step or two after it
-    print(f"RLHF_LAB_KILL_SEED={seed}: killing {stage} {delay:.2f} s after its checkpoint at step {after}")
+    kill_at = rng.randint(after + 1, after + every)  # then a step after it, before the next checkpoint
+    print(f"RLHF_LAB_KILL_SEED={seed}: {stage} kills itself before completing step {kill_at} "
+          f"(last checkpoint: step {after})")
     killed = smoke_runs / f"kill-{stage}" / stage_dir(stage)
-    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", *command, "--recipe", f"kill-{stage}"],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not any(s >= after for s in completed_checkpoints(killed / "checkpoints")):
-        assert child.poll() is None, f"{stage} ended (rc {child.returncode}) before its checkpoint at step {after}"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(delay)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
-    manifest = json.loads((killed / "manifest.json").read_text())
-    if manifest["status"] == "finished":
-        pytest.fail(f"{stage} finished within {delay:.2f} s of step {after}: the kill came too late to test resume")
+    child = subprocess.run([sys.executable, "-m", "recipes.cli", *command, "--recipe", f"kill-{stage}"], cwd=REPO,
+                           env={**os.environ, KILL_ENV: str(kill_at)}, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, f"{stage} was not killed at step {kill_at} (rc {child.returncode}): {child.stderr[-2000:]}"
+    assert json.loads((killed / "manifest.json").read_text())["status"] != "finished"
     assert not (killed / "model").exists()
+    assert completed_checkpoints(killed / "checkpoints")[-1] == after  # nothing of the killed step was saved
 
     assert rlhf_lab(command + ["--recipe", f"kill-{stage}"]) == 2  # protected: neither restarted nor resumed silently
     assert rlhf_lab(command + ["--recipe", f"kill-{stage}", "--resume"]) == 0
@@ -135,18 +129,12 @@ def test_best_of_n_killed_while_sampling_resumes_to_the_same_choice(smoke_reward
     reference = smoke_runs / "kill-best-of-n-reference/align-best-of-n"
 
     seed = kill_seed()
-    delay = random.Random(seed).uniform(0.0, 1.0)
-    print(f"RLHF_LAB_KILL_SEED={seed}: killing best-of-n {delay:.2f} s into its sampling")
+    kill_at = random.Random(seed).randint(1, 15)
+    print(f"RLHF_LAB_KILL_SEED={seed}: best-of-n kills itself before drawing candidate {kill_at} of 16")
     killed = smoke_runs / "kill-best-of-n/align-best-of-n"
-    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", *command, "--recipe", "kill-best-of-n"],
-                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "manifest.json").is_file():
-        assert child.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(delay)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
+    child = subprocess.run([sys.executable, "-m", "recipes.cli", *command, "--recipe", "kill-best-of-n"], cwd=REPO,
+                           env={**os.environ, KILL_ENV: str(kill_at)}, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, f"best-of-n was not killed (rc {child.returncode}): {child.stderr[-2000:]}"
     assert json.loads((killed / "manifest.json").read_text())["status"] == "running"
 
     assert rlhf_lab(command + ["--recipe", "kill-best-of-n", "--resume"]) == 0
@@ -155,3 +143,39 @@ def test_best_of_n_killed_while_sampling_resumes_to_the_same_choice(smoke_reward
     assert resumed["status"] == "finished" and len(resumed["resumed"]) == 1
     for key in ("gold_reward", "best_proxy_reward", "chosen_first_rate", "tokens_generated"):
         assert resumed["metrics"][key] == expected["metrics"][key], key
+
+
+class _RunsCode:
+    """What a malicious state file would hold: unpickling it calls os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("stage, state_name", [("ppo", "state.pt"), ("sft", "exact_resume_0.pt")])
+def test_a_crafted_checkpoint_state_is_refused_not_run(stage, state_name, smoke_reward, smoke_runs, tmp_path, capsys):
+    """Checkpoint state is loaded as tensors and plain data only: a pickle that would run code stops the resume
+    with one line naming the file, and the code does not run."""
+    template = CASES[stage][0]
+    parents = {"pretrain": smoke_runs / "smoke/pretrain/model", "sft": smoke_runs / "smoke/sft/model",
+               "reward": smoke_runs / "smoke/reward/model"}
+    command = [part.format(**parents) for part in template] + ["--runs_root", str(smoke_runs),
+                                                               "--recipe", f"crafted-{stage}"]
+    child = subprocess.run([sys.executable, "-m", "recipes.cli", *command], cwd=REPO, capture_output=True,
+                           env={**os.environ, KILL_ENV: "4"}, timeout=300)
+    assert child.returncode == -9
+    checkpoints = smoke_runs / f"crafted-{stage}" / stage_dir(stage) / "checkpoints"
+    state = checkpoints / f"checkpoint-{completed_checkpoints(checkpoints)[-1]}" / state_name
+    assert state.is_file()
+    marker = tmp_path / "code-ran"
+    torch.save({"step": 3, "payload": _RunsCode(marker)}, state)
+    capsys.readouterr()
+    assert rlhf_lab(command + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # after the models' loading bars
+    assert f"error: {state}: refused to load" in line and "posix.system" in line, line
+    assert not marker.exists()

@@ -6,13 +6,14 @@ finished; until then the finished run stays byte for byte as it was, for every s
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from recipes.cli import main as rlhf_lab
+from recipes.kill_switch import ENV as KILL_ENV
 from recipes.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,14 +43,10 @@ def test_a_killed_or_failing_rerun_leaves_the_finished_run_intact_until_a_rerun_
 
     # A rerun with another learning rate, killed after its second checkpoint: the same.
     changed = command + ["--learning_rate", "1e-3"]
-    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", *changed, "--overwrite"], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (rerun / "checkpoints/checkpoint-4/trainer_state.json").is_file():
-        assert child.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
+    child = subprocess.run([sys.executable, "-m", "recipes.cli", *changed, "--overwrite"], cwd=REPO,
+                           capture_output=True, env={**os.environ, KILL_ENV: "5"}, timeout=300)
+    assert child.returncode == -signal.SIGKILL
+    assert (rerun / "checkpoints/checkpoint-4/trainer_state.json").is_file()
     assert digest(final) == before  # not a byte of the finished run touched
     assert RunDir(smoke_runs, "keep", "sft").is_finished()  # so the stages after it still find it
     assert json.loads((rerun / "manifest.json").read_text())["status"] == "running"

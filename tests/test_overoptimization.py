@@ -94,31 +94,27 @@ def test_overoptimization_without_the_parent_sft_run_names_the_command(tmp_path,
 
 
 def test_overoptimization_killed_at_a_random_moment_resumes_to_the_same_results(smoke_sft, smoke_runs):
-    """After the test above: SIGKILL the experiment after a random number of its proxy and PPO runs, a random
-    moment later; --resume keeps the finished runs, continues the interrupted one and ends with the same results."""
+    """After the test above: the experiment SIGKILLs itself inside a random one of its proxy and PPO runs, at a
+    random step (recipes/kill_switch.py); --resume keeps the finished runs, continues the interrupted one and
+    ends with the same results."""
     import os
     import random
-    import signal
     import subprocess
     import sys
-    import time
+
+    from recipes.kill_switch import ENV as KILL_ENV
 
     seed = int(os.environ.get("RLHF_LAB_KILL_SEED") or random.SystemRandom().randrange(10**6))
     rng = random.Random(seed)
-    after, delay = rng.randrange(1, 4), rng.uniform(0.0, 1.0)  # of the 4 runs: 2 proxies, then 2 PPO
-    print(f"RLHF_LAB_KILL_SEED={seed}: killing {delay:.2f} s after {after} finished runs")
+    after, step = rng.randrange(1, 4), rng.randint(1, 2)  # of the 4 runs (2 proxies, then 2 PPO of 2 steps)
+    print(f"RLHF_LAB_KILL_SEED={seed}: killing run {after + 1} of 4 before it completes step {step}")
     argv = smoke_argv(smoke_sft, smoke_runs, "overopt-killed")
     run = smoke_runs / "overopt-killed" / "overoptimization"
-    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", *argv], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, progress = time.time() + 300, run / "checkpoints/finished.json"
-    while not (progress.is_file() and len(json.loads(progress.read_text())) >= after):
-        assert child.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    time.sleep(delay)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
+    child = subprocess.run([sys.executable, "-m", "recipes.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                           env={**os.environ, KILL_ENV: f"{step}@{after + 1}"}, timeout=300)
+    assert child.returncode == -9, f"not killed (rc {child.returncode}): {child.stderr[-2000:]}"
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"
+    assert len(json.loads((run / "checkpoints/finished.json").read_text())) == after
 
     assert rlhf_lab(argv) == 2  # protected
     assert rlhf_lab(argv + ["--resume"]) == 0

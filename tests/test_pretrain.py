@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from recipes.cli import main as rlhf_lab
+from recipes.kill_switch import ENV as KILL_ENV
 
 SMOKE = "recipes/smoke/pretrain.yaml"
 REPO = Path(__file__).resolve().parents[1]
@@ -93,16 +94,11 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(smoke_run, runs_roo
 
 
 def test_killed_run_resumes_to_the_same_losses(smoke_run, runs_root):
-    """Kill a real child process after its first checkpoint, resume it, and end where an uninterrupted run ends."""
+    """A real child process killed after its first checkpoint (it SIGKILLs itself at step 30, the checkpoint is
+    at 25: recipes/kill_switch.py), resumed, ends where an uninterrupted run ends."""
     command = [sys.executable, "-m", "recipes.cli", "pretrain", "--config", str(REPO / SMOKE),
                "--runs_root", str(runs_root), "--recipe", "killed"]
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in child.stdout:
-        if line.startswith("saved checkpoint"):
-            child.send_signal(signal.SIGKILL)
-            break
-    child.wait(timeout=120)
+    child = subprocess.run(command, cwd=REPO, capture_output=True, env={**os.environ, KILL_ENV: "30"}, timeout=300)
     killed = runs_root / "killed" / "pretrain"
     assert child.returncode == -signal.SIGKILL
     assert not (killed / "model").exists()

@@ -246,30 +246,23 @@ def test_a_second_writer_of_the_same_recipe_stops_and_names_the_holder(tmp_path,
 
 
 def test_run_resumes_a_recipe_killed_mid_stage_at_that_stage_with_the_same_result(tmp_path, capsys):
-    """SIGKILL `rlhf-lab run` while pretraining (after a random number of checkpoints): the next `run`
-    resumes pretraining from its last checkpoint and ends with exactly an uninterrupted run's model."""
+    """`rlhf-lab run` killed while pretraining (at a random step after a checkpoint: recipes/kill_switch.py): the
+    next `run` resumes pretraining from its last checkpoint and ends with exactly an uninterrupted run's model."""
+    import os
     import random
-    import signal
     import subprocess
     import sys
-    import time
 
+    from recipes.kill_switch import ENV as KILL_ENV
     from recipes.rundir import weights_hash
 
     runs = tmp_path / "runs"
-    checkpoints = runs / "smoke" / "pretrain" / "checkpoints"
-    wanted = 25 * random.Random().randint(1, 3)  # smoke pretraining saves at steps 25, 50 and 75 (the last 2 kept)
-
-    def newest_checkpoint() -> int:
-        return max((int(p.name.split("-")[-1]) for p in checkpoints.glob("step-*") if p.name.split("-")[-1].isdigit()),
-                   default=0)
-    child = subprocess.Popen([sys.executable, "-m", "recipes.cli", "run", str(REPO / "recipes/smoke"), "--runs_root",
-                              str(runs), "--jobs", "1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while newest_checkpoint() < wanted and child.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    kill_at = random.Random().randint(26, 99)  # smoke pretraining saves at steps 25, 50 and 75 and ends at 100
+    print(f"killing `rlhf-lab run` before pretraining step {kill_at}")
+    child = subprocess.run([sys.executable, "-m", "recipes.cli", "run", str(REPO / "recipes/smoke"), "--runs_root",
+                            str(runs), "--jobs", "1"], cwd=REPO, capture_output=True,
+                           env={**os.environ, KILL_ENV: str(kill_at)}, timeout=300)
+    assert child.returncode == -9, child.stderr[-2000:]
     manifest = json.loads((runs / "smoke" / "pretrain" / "manifest.json").read_text())
     assert manifest["status"] == "running", f"the child finished pretraining before the kill (after step {wanted})"
 

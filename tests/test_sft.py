@@ -166,21 +166,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(smoke_pretrain, smoke_runs)
     import signal
     import subprocess
     import sys
-    import time
+
+    from recipes.kill_switch import ENV as KILL_ENV
 
     command = [sys.executable, "-m", "recipes.cli", "sft", "--config", SMOKE, "--runs_root", str(smoke_runs),
                "--recipe", "smoke-killed", "--model_name_or_path", str(smoke_pretrain / "model"),
                "--max_steps", "12", "--save_steps", "4", "--eval_steps", "12", "--eval_num_prompts", "2"]
     run = smoke_runs / "smoke-killed" / "sft"
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file() and child.poll() is None:
-        assert time.time() < deadline
-        time.sleep(0.2)
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=60)
+    child = subprocess.run(command, cwd=REPO, capture_output=True, env={**os.environ, KILL_ENV: "6"}, timeout=300)
     assert child.returncode == -signal.SIGKILL and manifest(run)["status"] == "running"
+    assert (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file()
     assert not (run / "model").exists()
 
     assert rlhf_lab(command[3:]) == 2  # protected: neither restarted nor resumed silently
