@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from recipes.errors import UserError
+from recipes.model_dirs import check_model_dir
 
 
 @dataclasses.dataclass
@@ -45,11 +46,12 @@ class Answerer:
         return [rounds[k][i] for i, k in enumerate(best)]
 
 
-def model_dir_of(path: Path) -> Path:
+def model_dir_of(path: Path, kind: str = "policy") -> Path:
+    """The model directory of a run directory or a model directory, checked to hold a model of `kind`."""
     if (path / "model" / "config.json").is_file():
-        return path / "model"
+        return check_model_dir(path / "model", "RUN_DIR" if kind == "policy" else "--reward_model", kind)
     if (path / "config.json").is_file():
-        return path
+        return check_model_dir(path, "RUN_DIR" if kind == "policy" else "--reward_model", kind)
     raise UserError(f"{path}: not a run directory with a finished model/ nor a saved model directory (no config.json)")
 
 
@@ -82,7 +84,7 @@ def find_reward_model(run_dirs: list[str], explicit: str | None) -> Proxy | None
     import base_model
     from alignment.common import load_reward_model
 
-    candidates = [model_dir_of(Path(explicit))] if explicit else []
+    candidates = [model_dir_of(Path(explicit), "reward")] if explicit else []
     for run_dir in map(Path, run_dirs):
         recipe_runs = run_dir.parent.parent if run_dir.name == "model" else run_dir.parent
         candidates.append(recipe_runs / "reward" / "model")

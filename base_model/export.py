@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from recipes.errors import UserError
+from recipes.model_dirs import check_model_dir
 
 
 def _model_dir(path) -> Path:
@@ -29,7 +30,7 @@ def _model_dir(path) -> Path:
         raise UserError(f"{config}: not valid JSON ({e}); expected a transformers config") from None
     if model_type != "rlhf_lab_gpt":
         raise UserError(f"{config}: model_type is {model_type!r}; expected 'rlhf_lab_gpt' (a model trained by rlhf-lab)")
-    return path
+    return check_model_dir(path, "RUN_DIR", "policy")  # a reward model would leave as a LlamaForCausalLM
 
 
 def llama_config(config):

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import enum
+import math
 import os
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -186,18 +187,44 @@ def _config_path(argv: list[str]) -> Path | None:
 POSITIVE_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "num_train_epochs", "learning_rate", "max_length", "max_prompt_length", "max_completion_length",
                  "num_generations", "steps_per_generation", "response_length", "num_mini_batches", "num_ppo_epochs",
-                 "logging_steps", "eval_samples_per_prompt", "eval_generation_batch_size")
-NON_NEGATIVE_KEYS = ("warmup_steps", "save_total_limit", "weight_decay", "max_grad_norm", "beta", "kl_coef")
+                 "logging_steps", "eval_samples_per_prompt", "eval_generation_batch_size",
+                 # sampling divides the logits by the temperature: 0 is a division by zero (greedy is do_sample false)
+                 "temperature", "eval_temperature", "sft_sample_temperature")
+NON_NEGATIVE_KEYS = ("warmup_steps", "save_total_limit", "weight_decay", "max_grad_norm", "beta", "kl_coef", "top_k")
+PROBABILITY_KEYS = ("top_p", "eval_top_p")  # nucleus mass: (0, 1], where 0 would keep no token at all
+SEED_KEYS = ("seed", "data_seed")  # numpy takes seeds in [0, 2**32)
+# No count, size or step number of any stage comes near this; one that does is a typo (or an overflow in
+# torch's and numpy's index arithmetic), not a run anyone can wait for.
+LARGEST_INTEGER = 2**31 - 1
 
 
 def check_sizes(values: dict[str, Any]) -> None:
     for key, value in values.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        if key in POSITIVE_KEYS and value <= 0:
-            raise ValueError(f"key '{key}' must be positive, got {value}")
-        if key in NON_NEGATIVE_KEYS and value < 0:
-            raise ValueError(f"key '{key}' must be zero or positive, got {value}")
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                check_number(key, item)
+        else:
+            check_number(key, value)
+
+
+def check_number(key: str, value: Any) -> None:
+    """A ValueError naming `key` when `value` is a number no run could mean."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if not math.isfinite(value):
+        raise ValueError(f"key '{key}' must be a finite number, got {value}")
+    if key in SEED_KEYS:
+        if not 0 <= value < 2**32:
+            raise ValueError(f"key '{key}' must be in [0, 2**32), got {value}")
+    elif isinstance(value, int) and abs(value) > LARGEST_INTEGER:
+        raise ValueError(f"key '{key}' is absurdly large ({value}); expected at most {LARGEST_INTEGER}")
+    if key in POSITIVE_KEYS and value <= 0:
+        hint = " (for greedy decoding set do_sample false)" if "temperature" in key else ""
+        raise ValueError(f"key '{key}' must be positive, got {value}{hint}")
+    if key in NON_NEGATIVE_KEYS and value < 0:
+        raise ValueError(f"key '{key}' must be zero or positive, got {value}")
+    if key in PROBABILITY_KEYS and not 0 < value <= 1:
+        raise ValueError(f"key '{key}' must be in (0, 1], got {value}")
 
 
 def build_parser(config_class: type, command: str, description: str = "") -> _Parser:

@@ -20,18 +20,20 @@ KINDS = {
 
 
 def check_model_dir(path: Path | str, key: str, kind: str) -> Path:
-    """`path` as a Path, or one line naming the key, the folder and what it should have held."""
+    """`path` as a Path, or one line naming the key (a config key, or a command's argument such as 'RUN_DIR'),
+    the folder and what it should have held."""
     path = Path(path).expanduser()
+    where = f"argument {key}" if key.isupper() or key.startswith("--") else f"key '{key}'"
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise UserError(f"key '{key}': {path} is not a saved model directory (no config.json)")
+        raise UserError(f"{where}: {path} is not a saved model directory (no config.json)")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"key '{key}': {config_file} is not valid JSON") from None
+        raise UserError(f"{where}: {config_file} is not valid JSON") from None
     endings, expected = KINDS[kind]
     architectures = config.get("architectures") or []
     if architectures and not any(a.endswith(endings) for a in architectures):
-        raise UserError(f"key '{key}': {path} holds a {', '.join(architectures)} "
+        raise UserError(f"{where}: {path} holds a {', '.join(architectures)} "
                         f"(model_type '{config.get('model_type')}'), expected {expected}")
     return path

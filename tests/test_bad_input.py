@@ -109,6 +109,24 @@ CASES = {
     "zero layers": (["pretrain", "--config", "{smoke}/pretrain.yaml", "--num_hidden_layers", "0"], "num_hidden_layers"),
     "zero best-of-n": (["align", "--method", "best-of-n", "--config", "{smoke}/align-best-of-n.yaml", "--n", "0"],
                        "'n'"),
+    # Numbers no run could mean: not finite, absurdly large, dividing by zero when sampling, seeds numpy refuses
+    "learning rate not a number": (["align", "--method", "dpo", "--config", "{smoke}/align-dpo.yaml",
+                                    "--learning_rate", "nan"], "key 'learning_rate' must be a finite number, got nan"),
+    "infinite beta": (["align", "--method", "kto", "--config", "{smoke}/align-kto.yaml", "--beta", "inf"],
+                      "key 'beta' must be a finite number, got inf"),
+    "absurd number of steps": (["sft", "--config", "{smoke}/sft.yaml", "--max_steps", "100000000000000"],
+                               "key 'max_steps' is absurdly large"),
+    "sampling temperature zero": (["align", "--method", "grpo", "--config", "{smoke}/align-grpo.yaml",
+                                   "--temperature", "0"], "key 'temperature' must be positive, got 0.0"),
+    "evaluation top_p zero": (["align", "--method", "ppo", "--config", "{smoke}/align-ppo.yaml", "--eval_top_p", "0"],
+                              "key 'eval_top_p' must be in (0, 1]"),
+    "negative seed": (["pretrain", "--config", "{smoke}/pretrain.yaml", "--seed", "-1"], "key 'seed' must be in [0, 2**32)"),
+    "export of a reward model": (["export", "--to", "llama", "{reward}", "{tmp}/exported"],
+                                 "holds a GPTForSequenceClassification (model_type 'rlhf_lab_gpt'), expected a causal"),
+    "sample from a reward model": (["sample", "{reward}", "--prompts", "math", "-n", "1"],
+                                   "argument RUN_DIR: "),
+    "a policy as sample's reward model": (["sample", "{sft}", "--prompts", "math", "-n", "1", "--reward_model", "{sft}"],
+                                          "argument --reward_model: "),
     "unknown alignment method": (["align", "--method", "dpoo", "--config", "{smoke}/align-dpo.yaml"], "dpoo"),
     "yaml that is not a mapping": (["pretrain", "--config", "{file:pretrain.yaml=- a\n- b\n}"], "mapping"),
     # Stages out of order, parents that are not what they should be
@@ -164,9 +182,9 @@ def check_one_line(err: str, command: str, expected: str) -> str:
 def test_bad_input_stops_with_one_line_and_touches_nothing(case, finished, tmp_path, capsys):
     argv, expected = CASES[case]
     argv = fill(argv, tmp_path, finished)
-    if "--recipe" not in argv and argv[0] != "sample":
+    if "--recipe" not in argv and argv[0] not in ("sample", "export"):
         argv += ["--recipe", "bad"]
-    if argv[0] != "sample":
+    if argv[0] not in ("sample", "export"):
         argv += ["--runs_root", str(finished)]
     before = digest(finished / "smoke")
     capsys.readouterr()
