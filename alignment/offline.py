@@ -141,7 +141,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     )
     from alignment.evaluate import EvaluationCallback
     from recipes.distributed import claim_run
-    from recipes.progress import StepProgress
+    from recipes.progress import attach_progress
     from recipes.rundir import RunDir
     from recipes.tracking import route_trainer_events
 
@@ -199,7 +199,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         raise UserError(where + str(err).splitlines()[0]) from None
     callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir)
     callback.attach(trainer)
-    trainer.add_callback(StepProgress(run_dir.stage))
+    attach_progress(trainer, run_dir.stage)
 
     guarded_train(trainer, run_dir.resume_checkpoint(config.resume))
 

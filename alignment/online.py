@@ -196,7 +196,7 @@ def run_online(config, method: str, trainer_class) -> dict:
     )
     from alignment.evaluate import EvaluationCallback
     from recipes.distributed import claim_run
-    from recipes.progress import StepProgress
+    from recipes.progress import attach_progress
     from recipes.rundir import RunDir
     from recipes.tracking import route_trainer_events
 
@@ -229,7 +229,7 @@ def run_online(config, method: str, trainer_class) -> dict:
         where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
         raise UserError(where + str(err).splitlines()[0]) from None
     evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir).attach(trainer)
-    trainer.add_callback(StepProgress(run.stage))
+    attach_progress(trainer, run.stage)
 
     guarded_train(trainer, run.resume_checkpoint(config.resume))
 

@@ -153,7 +153,7 @@ def main(config: PPOStageConfig) -> dict:
     value_model = load_reward_model(parents.reward_dir)  # detail: the value model starts as the reward model
     value_model.requires_grad_(True)
     from recipes.data import load_prompts
-    from recipes.progress import StepProgress
+    from recipes.progress import attach_progress
 
     prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
                            config=config.dataset_config)
@@ -182,7 +182,7 @@ def main(config: PPOStageConfig) -> dict:
     trainer = PPOTrainer(args, policy=policy, ref_model=ref_model, reward_model=reward_model, value_model=value_model,
                          processing_class=tokenizer, train_dataset=prompts, evaluator=evaluator, writer=writer,
                          checkpoints_dir=run.checkpoints_dir)
-    trainer.add_callback(StepProgress(run.stage))
+    attach_progress(trainer, run.stage)
     try:
         with stops_on_non_finite(lambda: trainer.state.global_step, run.checkpoints_dir):
             training = trainer.train(resume=bool(resume_from))

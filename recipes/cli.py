@@ -59,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"did you mean '{close[0]}'?" if close else "see `rlhf-lab --help`"
         print(f"rlhf-lab: unknown command '{command}' ({hint})", file=sys.stderr)
         return 2
+    if "-h" in rest or "--help" in rest:
+        return print_command_help(command, rest)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: before any config is parsed
         from recipes.distributed import process_state
 
         process_state()
+    if not os.environ.get("RLHF_LAB_VERBOSE"):
+        quiet_dependencies()
     try:
         module = importlib.import_module(COMMANDS[command][0])
         return int(module.cli(rest) or 0)
@@ -79,6 +83,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf-lab {command}: error: {message} (free some space, then run the same command with --resume)",
               file=sys.stderr)
         return 2
+
+
+def print_command_help(command: str, rest: list[str]) -> int:
+    """A command's help, from the cache when this code and its dependencies printed it before."""
+    from recipes.help_cache import cached_help, help_text, remember_help
+
+    key = " ".join([command, *rest])
+    text = cached_help(key)
+    if text is None:
+        module = importlib.import_module(COMMANDS[command][0])
+        text = help_text(lambda: module.cli(rest))
+        remember_help(key, text)
+    print(text, end="")
+    return 0
+
+
+def quiet_dependencies() -> None:
+    """Keep a stage's console to its own lines: no deprecation notices, per-file loading bars or advice meant
+    for the authors of transformers, accelerate and torch (RLHF_LAB_VERBOSE=1 shows them all again)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' loading/writing bars too
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # TRL's tokenizing and truncating bars
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")  # a CPU machine has no pinned memory to use
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # "Removed shared tensor ..." on every tied save
 
 
 # A full disk (or quota, or file-size limit, or read-only mount) reaches us as an OSError, or as the words of a

@@ -26,7 +26,7 @@ from recipes.errors import UserError
 from recipes.exact_resume import with_exact_resume
 from recipes.finite_loss import guarded_train
 from recipes.model_dirs import check_model_dir
-from recipes.progress import StepProgress
+from recipes.progress import attach_progress
 from recipes.rundir import RunDir, require_parent, weights_hash
 from recipes.training_log import logged, mean_train_loss
 
@@ -247,7 +247,8 @@ def main(config: SFTStageConfig) -> dict:
     gold = GoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,
                             batch_size=config.per_device_eval_batch_size)
     trainer = build_trainer(config, model, tokenizer, train, test, output_dir=run.checkpoints_dir,
-                            callbacks=[gold, StepProgress(STAGE)])
+                            callbacks=[gold])
+    attach_progress(trainer, STAGE)
     gold.attach(trainer)
     guarded_train(trainer, run.resume_checkpoint(config.resume))
 

@@ -29,7 +29,7 @@ from recipes.errors import UserError
 from recipes.exact_resume import with_exact_resume
 from recipes.finite_loss import guarded_train
 from recipes.model_dirs import check_model_dir
-from recipes.progress import StepProgress
+from recipes.progress import attach_progress
 from recipes.rundir import RunDir, require_parent
 from recipes.training_log import logged, mean_train_loss
 
@@ -331,7 +331,8 @@ def main(config: RewardStageConfig) -> dict:
     trainer = with_exact_resume(trl.RewardTrainer)(
         model=model, args=config, train_dataset=train_pairs,
         eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
-        processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback, StepProgress(STAGE)])
+        processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback])
+    attach_progress(trainer, STAGE)
 
     guarded_train(trainer, run.resume_checkpoint(config.resume))
     eval_result = trainer.evaluate()  # the callback runs the gold checks on the final model too

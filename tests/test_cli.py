@@ -18,12 +18,27 @@ def test_help_lists_every_command(capsys):
 
 
 def test_stage_help_lists_its_keys(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        rlhf_lab(["pretrain", "--help"])
-    assert exit_info.value.code == 0
+    assert rlhf_lab(["pretrain", "--help"]) == 0
     out = capsys.readouterr().out
     for key in ("--learning_rate", "--hidden_size", "--dataset_name", "--resume", "--runs_root", "--config"):
         assert key in out
+
+
+def test_stage_help_comes_from_the_cache_without_importing_the_stage(tmp_path, monkeypatch, capsys):
+    """The second `--help` of a command prints the same text without importing the stage (and so torch, TRL)."""
+    import importlib
+
+    monkeypatch.setenv("RLHF_LAB_CACHE", str(tmp_path))
+    assert rlhf_lab(["sft", "-h"]) == 0
+    first = capsys.readouterr().out
+    assert "--learning_rate" in first and list((tmp_path / "help").glob("sft -h-*.txt"))
+
+    def no_import(name, *args, **kwargs):
+        raise AssertionError(f"imported {name}")
+
+    monkeypatch.setattr(importlib, "import_module", no_import)
+    assert rlhf_lab(["sft", "-h"]) == 0
+    assert capsys.readouterr().out == first
 
 
 def test_flags_override_yaml_and_the_saved_config_round_trips(tmp_path):
