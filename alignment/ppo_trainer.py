@@ -9,7 +9,9 @@ the loop of InstructGPT-style PPO. Each rollout:
    `response_length` tokens, cut after the first end of turn;
 2. computes, in one left-padded prompt + right-padded answer layout, the policy's and the frozen
    reference's log-probabilities of the answer tokens at the sampling temperature, and the value
-   model's value before each answer token;
+   model's value before each answer token, with `PPOTrainer.forward_answers`: the one forward pass
+   the update uses too, in the training precision (the accelerator's autocast under bf16/fp16), so
+   the update's first minibatch sees a ratio of exactly 1 (logged: `first_minibatch_ratio_deviation`);
 3. scores each answer with the reward model exactly as `reward.score` does (chat template, score at
    the last token), minus `missing_eos_penalty` for an answer that never ended its turn;
 4. rewards per token = -kl_coef * KL estimate on every answer token, + the score on the last one;
@@ -41,7 +43,7 @@ import torch
 from torch import nn
 from transformers.trainer_callback import PrinterCallback
 from trl.trainer.base_trainer import _BaseTrainer
-from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax, selective_log_softmax_and_entropy
+from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
 
 from alignment import ppo_core as core
 from recipes.finite_loss import non_finite_error
@@ -58,6 +60,14 @@ def token_values(value_model, input_ids, attention_mask) -> torch.Tensor:
     backbone = getattr(value_model, value_model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return value_model.score(hidden).squeeze(-1).float()
+
+
+def answer_logprobs(logits, responses, P: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities and entropies (B, R) of the answer tokens at `temperature`, in fp32, from the logits
+    of a forward pass over `layout`'s rows (answer token t's logits at position P + t - 1). The entropy
+    carries no gradient."""
+    return selective_log_softmax_and_entropy(logits[:, P - 1:-1].float(), responses, entropy_requires_grad=False,
+                                             temperature=temperature)
 
 
 class PolicyAndValue(nn.Module):
@@ -134,17 +144,40 @@ class PPOTrainer(_BaseTrainer):
         return out
 
     # ------------------------------------------------------------------------------------------
+    # The forward pass of rollout and update
+
+    def forward_answers(self, model, input_ids, attention_mask, responses, P: int):
+        """(logprobs, entropy, values) of the answer tokens: `model` is `self.model` (the policy and the value
+        model, values (B, R) before each answer token) or the reference (values None).
+
+        The rollout's old log-probabilities, values and reference log-probabilities and the update's new ones
+        all come from here, under the accelerator's autocast (a no-op in fp32): accelerate's `prepare` runs
+        `self.model`'s forward under it, so a rollout through the bare policy outside it would compute its
+        log-probabilities in fp32 while the update computed them in bf16, and the update's first ratio would
+        be off 1 by the bf16 rounding (0.01-0.02 on the smoke recipe, against a clip range of 0.2)."""
+        with self.accelerator.autocast():
+            if model is self.model:
+                logits, values = model(input_ids, attention_mask)
+                values = values[:, P - 1:-1].float()
+            else:
+                logits, values = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, None
+        logprobs, entropy = answer_logprobs(logits, responses, P, self.args.temperature)
+        return logprobs, entropy, values
+
+    # ------------------------------------------------------------------------------------------
     # Rollout
 
     @torch.no_grad()
-    def _logprobs(self, model, input_ids, attention_mask, responses, P):
+    def _rollout_forward(self, model, input_ids, attention_mask, responses, P):
+        """`forward_answers` in chunks of local_rollout_forward_batch_size: (logprobs, values or None)."""
         chunk = self.args.local_rollout_forward_batch_size
-        out = []
+        logprobs, values = [], []
         for s in range(0, len(input_ids), chunk):
-            logits = model(input_ids=input_ids[s:s + chunk], attention_mask=attention_mask[s:s + chunk],
-                           use_cache=False).logits[:, P - 1:-1].float()
-            out.append(selective_log_softmax(logits, responses[s:s + chunk], temperature=self.args.temperature))
-        return torch.cat(out)
+            lp, _, v = self.forward_answers(model, input_ids[s:s + chunk], attention_mask[s:s + chunk],
+                                            responses[s:s + chunk], P)
+            logprobs.append(lp)
+            values.append(v)
+        return torch.cat(logprobs), (torch.cat(values) if values[0] is not None else None)
 
     @torch.no_grad()
     def rollout(self, rollout: int) -> dict:
@@ -161,12 +194,9 @@ class PPOTrainer(_BaseTrainer):
         input_ids, attention_mask, responses, mask, P = layout(
             [self.prompt_ids[i] for i in indices], [a.token_ids for a in answers], tokenizer.pad_token_id)
         input_ids, attention_mask, responses, mask = (t.to(device) for t in (input_ids, attention_mask, responses, mask))
-        logprobs = self._logprobs(self.policy, input_ids, attention_mask, responses, P)
-        ref_logprobs = self._logprobs(self.ref_model, input_ids, attention_mask, responses, P)
-        self.value_model.eval()
-        values = torch.cat([token_values(self.value_model, input_ids[s:s + args.local_rollout_forward_batch_size],
-                                         attention_mask[s:s + args.local_rollout_forward_batch_size])
-                            for s in range(0, len(input_ids), args.local_rollout_forward_batch_size)])[:, P - 1:-1]
+        self.model.eval()
+        logprobs, values = self._rollout_forward(self.model, input_ids, attention_mask, responses, P)
+        ref_logprobs, _ = self._rollout_forward(self.ref_model, input_ids, attention_mask, responses, P)
         ended = torch.tensor([a.ended for a in answers], device=device)
         raw_scores = torch.tensor(score(self.reward_model, tokenizer, prompts, [a.text for a in answers],
                                         ended=ended.tolist(), batch_size=args.local_rollout_forward_batch_size),
@@ -212,11 +242,8 @@ class PPOTrainer(_BaseTrainer):
                 for start in range(m * minibatch, (m + 1) * minibatch, micro):
                     idx = order[start:start + micro].to(batch["input_ids"].device)
                     mask = batch["mask"][idx]
-                    logits, values = model(batch["input_ids"][idx], batch["attention_mask"][idx])
-                    logprobs, entropy = selective_log_softmax_and_entropy(
-                        logits[:, P - 1:-1].float(), batch["responses"][idx], entropy_requires_grad=False,
-                        temperature=args.temperature)
-                    values = values[:, P - 1:-1]
+                    logprobs, entropy, values = self.forward_answers(
+                        model, batch["input_ids"][idx], batch["attention_mask"][idx], batch["responses"][idx], P)
                     pg_loss, pg_stats = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx],
                                                          mask, args.cliprange)
                     vf_loss, vf_stats = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,

@@ -49,7 +49,7 @@ def test_manifest_holds_the_evaluation_and_the_ppo_numbers(ppo_run):
         assert f"train_{key}" in metrics, key
     assert metrics["train_rollouts"] == 3 and metrics["evaluations"] == 4  # before, after each of 3 rollouts
     # Rollout and update compute the same log-probabilities: at the first minibatch the ratio is 1.
-    assert metrics["train_first_minibatch_ratio_deviation"] < 1e-4
+    assert metrics["train_first_minibatch_ratio_deviation"] <= 1e-6
     assert (ppo_run / "checkpoints" / "checkpoint-2" / "state.pt").is_file()  # save_steps: 2
 
 
@@ -67,6 +67,24 @@ def test_tensorboard_holds_ppo_scalars_and_the_gold_evaluation(ppo_run):
     assert text and len(events.Tensors(text[0])) >= 2
     first = events.Tensors(text[0])[0].tensor_proto.string_val[0].decode()
     assert "| family | prompt | answer | gold | proxy |" in first
+
+
+@pytest.mark.parametrize("bf16, temperature", [("false", 0.7), ("true", 1.0), ("true", 0.7)],
+                         ids=["fp32-t0.7", "bf16-t1.0", "bf16-t0.7"])
+def test_first_minibatch_ratio_is_one_under_bf16_and_any_temperature(smoke_reward, smoke_runs, bf16, temperature):
+    """The rollout's old log-probabilities and values and the update's new ones come from the same
+    forward pass in the same precision (bf16 autocast included, on the CPU here) at the sampling
+    temperature, so before the first optimizer step the ratio is exactly 1. (fp32 at temperature 1 is
+    ppo_run's.) The old code computed the rollout outside autocast: 0.02 under bf16, against a clip
+    range of 0.2."""
+    run_name = f"align-ppo-ratio-{'bf16' if bf16 == 'true' else 'fp32'}-t{temperature}"
+    assert rlhf_lab(["align", "--method", "ppo", "--config", PPO_YAML, "--runs_root", str(smoke_runs),
+                     "--run_name", run_name, "--bf16", bf16, "--temperature", str(temperature), "--max_steps", "1",
+                     "--num_ppo_epochs", "1", "--response_length", "8", "--eval_num_prompts", "2",
+                     "--eval_max_new_tokens", "4", "--save_steps", "0"]) == 0
+    metrics = json.loads((smoke_runs / "smoke" / run_name / "manifest.json").read_text())["metrics"]
+    assert metrics["train_rollouts"] == 1
+    assert metrics["train_first_minibatch_ratio_deviation"] <= 1e-6
 
 
 def test_value_model_starts_as_the_reward_model(smoke_reward):
