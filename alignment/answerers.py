@@ -15,6 +15,7 @@ from pathlib import Path
 
 from recipes.errors import UserError
 from recipes.model_dirs import check_model_dir
+from recipes.seeds import stream_seed
 
 
 @dataclasses.dataclass
@@ -24,6 +25,7 @@ class Answerer:
     tokenizer: object
     best_of_n: int = 1
     chooser: object = None  # the best-of-n policy's own reward model
+    missing_eos_penalty: float | None = None  # and the end-of-turn rule it chose by
 
     @property
     def context(self) -> int:
@@ -39,9 +41,11 @@ class Answerer:
                                     **sampling)
         sampling = dict(do_sample=True, temperature=temperature or 1.0)  # n greedy answers would be one answer
         rounds = [generate_answers(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                   seed=seed + k, **sampling) for k in range(self.best_of_n)]
+                                   seed=stream_seed(seed, "best-of-n/candidate", k), **sampling)
+                  for k in range(self.best_of_n)]
         proxies = [score(self.chooser, self.tokenizer, prompts, [a.text for a in answers],
-                         ended=[a.ended for a in answers]) for answers in rounds]
+                         ended=[a.ended for a in answers], missing_eos_penalty=self.missing_eos_penalty)
+                   for answers in rounds]
         best = [max(range(self.best_of_n), key=lambda k: (proxies[k][i], -k)) for i in range(len(prompts))]
         return [rounds[k][i] for i, k in enumerate(best)]
 
@@ -68,7 +72,8 @@ def load_answerer(path: str | Path) -> Answerer:
     if spec_file.is_file():
         spec = json.loads(spec_file.read_text(encoding="utf-8"))
         return Answerer(name, model, tokenizer, best_of_n=int(spec["n"]),
-                        chooser=load_reward_model(model_dir / REWARD_SUBDIR))
+                        chooser=load_reward_model(model_dir / REWARD_SUBDIR),
+                        missing_eos_penalty=spec.get("missing_eos_penalty"))
     return Answerer(name, model, tokenizer)
 
 

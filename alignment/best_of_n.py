@@ -1,17 +1,23 @@
 """Best-of-n: `rlhf-lab align --method best-of-n --config recipes/<name>/align-best-of-n.yaml`.
 
-No training. For each evaluation prompt, sample n answers from the SFT model (the evaluator's own
-sampling settings: temperature, top_p, max_new_tokens; sample k is drawn with seed `seed + k`, so
-sample 0 is exactly the evaluator's SFT answer) and keep the one the proxy reward model scores
-highest (the first on a tie). The chosen answers go through the one evaluation
-(`alignment.evaluate`), like every trained method's samples.
+No training. For each evaluation prompt (and each of its `eval_samples_per_prompt` answer slots), sample
+n candidates from the SFT model (the evaluator's own sampling settings: temperature, top_p,
+max_new_tokens; candidate k from a stream of its own, `recipes.seeds.stream_seed(seed,
+"best-of-n/candidate", k)`, independent of the evaluator's SFT baseline answers) and keep the one the
+proxy reward model scores highest (the first on a tie). The chosen answers go through the one
+evaluation (`alignment.evaluate`), like every trained method's samples.
 
-The best-of-n policy's KL to the SFT model is known in closed form, log n - (n-1)/n (Stiennon et
-al. 2020; Beirami et al. 2024 show it is an upper bound, exact when no two samples tie). It is
-recorded as both KL estimates (`kl`, `kl_k3`) and as `kl_analytic`; the manifest says so under
-`data.kl`. Besides the evaluation's metrics: `best_proxy_reward` (mean proxy of the chosen answers,
-from the pass that chose them), `sft_<metric>` (the SFT baseline, sample 0), `chosen_first_rate`
-(share of prompts where sample 0 won), `tokens_generated` (all n samples).
+KL to the SFT model: log n - (n-1)/n is an upper bound (Beirami et al. 2024, "Theoretical guarantees on
+the best-of-n alignment policy"), reached only when no answer carries noticeable probability; short
+answers repeat, and then the true KL is lower. Recorded: `kl_bound` (the bound) and `kl`, an estimate
+from the candidates and the SFT model's log-probabilities (`estimated_kl`): the exact KL of best-of-n on
+a distribution that puts on every answer drawn twice or more its exact SFT probability and spreads the
+rest of the mass evenly over the n draws. It equals the exact KL when the draws cover a small categorical
+distribution, the bound when no two draws coincide, and never exceeds the bound. No k3 estimate is
+written (there are no policy log-probabilities to take it from). Besides the evaluation's metrics:
+`best_proxy_reward` (mean proxy, less `missing_eos_penalty`, of the chosen answers: what the choice
+maximised, from the pass that chose them), `sft_<metric>`
+(the SFT baseline), `tokens_generated` (all n candidates).
 
 model/ holds what "the best-of-n policy" is: the SFT model (from_pretrained-loadable, with its
 tokenizer), the reward model in model/reward_model/, and model/best_of_n.json naming both (with the
@@ -40,7 +46,7 @@ class BestOfNConfig(RunArguments, AlignArguments):
 
     n: int = dataclasses.field(default=4, metadata={"help": "Answers sampled per prompt; the proxy's favourite is kept."})
     seed: int = dataclasses.field(
-        default=0, metadata={"help": "Sample k of each prompt is drawn with seed + k (sample 0: the evaluator's own)."})
+        default=0, metadata={"help": "Seeds the candidates' streams and the evaluation's (recipes/seeds.py)."})
 
     def __post_init__(self):
         if self.n <= 0:
@@ -48,11 +54,60 @@ class BestOfNConfig(RunArguments, AlignArguments):
         self.check_alignment_keys()
 
 
-def analytic_kl(n: int) -> float:
-    """KL(best-of-n || base) = log n - (n-1)/n: 0 for n=1, log n - 1 + o(1) as n grows."""
+def kl_bound(n: int) -> float:
+    """log n - (n-1)/n: KL(best-of-n || base) never exceeds it, and equals it when no outcome has mass."""
     if n < 1:
         raise ValueError(f"n must be a positive integer, got {n}")
     return math.log(n) - (n - 1) / n
+
+
+def best_of_n_kl(levels: list[tuple[float, float, bool]], n: int) -> float:
+    """Exact KL(best-of-n || base) for a base distribution given as (reward, mass, is_atom) pieces: an atom is
+    one answer with that probability; a non-atom piece is mass spread over answers none of which has mass of
+    its own. Best-of-n picks the highest reward (an atom's ties go to the first drawn, so within a group of
+    equal reward it keeps the base's proportions). With F the base's reward CDF, best-of-n gives an atom
+    F(t)^n - F(t-)^n and has density n F^(n-1) on the rest, whence the two terms below."""
+
+    def spread(u: float) -> float:  # integral of n u^(n-1) log(n u^(n-1)) du from 0
+        return 0.0 if u <= 0 else u ** n * (math.log(n) + (n - 1) * math.log(u) - (n - 1) / n)
+
+    kl, below = 0.0, 0.0
+    pieces = sorted(levels, key=lambda piece: (piece[0], piece[2]))  # at equal reward, spread mass first
+    i = 0
+    while i < len(pieces):
+        reward, mass, atom = pieces[i]
+        if not atom:
+            kl += spread(below + mass) - spread(below)
+            below += mass
+            i += 1
+            continue
+        group = mass  # atoms of equal reward share best-of-n's mass in proportion
+        while i + 1 < len(pieces) and pieces[i + 1][2] and pieces[i + 1][0] == reward:
+            i += 1
+            group += pieces[i][1]
+        chosen = (below + group) ** n - below ** n
+        if group > 0 and chosen > 0:
+            kl += chosen * math.log(chosen / group)
+        below += group
+        i += 1
+    return kl
+
+
+def estimated_kl(candidates: list[tuple], log_probs: list[float], rewards: list[float]) -> float:
+    """KL(best-of-n || SFT) for one prompt from its n candidates: each answer's token ids, its SFT log-probability
+    and its proxy reward. An answer drawn twice or more is an atom with its exact SFT probability; the mass left
+    is spread evenly over the n draws at their rewards (`best_of_n_kl`)."""
+    n = len(candidates)
+    counts: dict[tuple, int] = {}
+    first: dict[tuple, int] = {}
+    for k, ids in enumerate(candidates):
+        counts[ids] = counts.get(ids, 0) + 1
+        first.setdefault(ids, k)
+    atoms = {ids: math.exp(log_probs[k]) for ids, k in first.items() if counts[ids] > 1}
+    rest = max(0.0, 1.0 - sum(atoms.values()))
+    levels = [(rewards[first[ids]], mass, True) for ids, mass in atoms.items()]
+    levels += [(rewards[k], rest / n, False) for k in range(n)]
+    return best_of_n_kl(levels, n)
 
 
 def best_of(scores: list[list[float]]) -> list[int]:
@@ -60,23 +115,25 @@ def best_of(scores: list[list[float]]) -> list[int]:
     return [max(range(len(row)), key=lambda k: (row[k], -k)) for row in scores]
 
 
-def sample_and_choose(evaluator, reward_model, n: int, seed: int):
+def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_penalty: float | None = None):
     """(chosen answers, proxy scores [prompt][sample], chosen index per prompt, all samples [sample][prompt])."""
     from recipes.generation import generate_answers
     from recipes.kill_switch import kill_if_asked
     from recipes.progress import step_bar
+    from recipes.seeds import stream_seed
     from reward import score
 
-    samples = [evaluator.sft_answers]  # sample 0: exactly the evaluator's SFT answers
-    bar = step_bar(n, f"{METHOD} samples", initial=1)
-    for k in range(1, n):
-        kill_if_asked(k)
+    samples = []
+    bar = step_bar(n, f"{METHOD} samples")
+    for k in range(n):
+        kill_if_asked(k + 1)
         samples.append(generate_answers(evaluator.sft_model, evaluator.tokenizer, evaluator.prompts,
-                                        **{**evaluator.generation, "seed": seed + k}))
+                                        **{**evaluator.generation, "seed": stream_seed(seed, "best-of-n/candidate", k)}))
         bar.update()
     bar.close()
     proxy = [score(reward_model, evaluator.tokenizer, evaluator.prompts, [a.text for a in answers],
-                   ended=[a.ended for a in answers], batch_size=evaluator.batch_size) for answers in samples]
+                   ended=[a.ended for a in answers], batch_size=evaluator.batch_size,
+                   missing_eos_penalty=missing_eos_penalty) for answers in samples]
     per_prompt = [list(column) for column in zip(*proxy)]
     chosen = best_of(per_prompt)
     return [samples[k][i] for i, k in enumerate(chosen)], per_prompt, chosen, samples
@@ -100,32 +157,41 @@ def main(config: BestOfNConfig) -> dict:
 
     require_one_process("align --method best-of-n")
 
-    from alignment.common import build_evaluator, load_policy, load_reward_model, resolve_parents, start_run
+    from alignment.common import (
+        build_evaluator,
+        load_policy,
+        load_reward_model,
+        record_per_prompt,
+        resolve_parents,
+        start_run,
+    )
     from alignment.evaluate import write
     from recipes.data import fingerprint
     from recipes.rundir import weights_hash
 
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
-    kl = analytic_kl(config.n)
+    bound = kl_bound(config.n)
     run = start_run(config, METHOD, parents, data={
         "source": None, "fingerprint": fingerprint(config.eval_prompts, split=config.eval_prompts_split),
         "training": "none: best-of-n samples the SFT model and keeps the reward model's favourite",
-        "n": config.n, "kl": f"analytic, log n - (n-1)/n = {kl:.6f}, recorded as kl and kl_k3"})
+        "n": config.n, "kl": f"estimated from the candidates and the SFT model's log-probabilities (estimated_kl); "
+                             f"kl_bound = log n - (n-1)/n = {bound:.6f} is an upper bound"})
     sft_model, tokenizer = load_policy(parents.sft_dir)
     reward_model = load_reward_model(parents.reward_dir)
-    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model)
-    answers, proxy, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed)
+    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
+    answers, proxy, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed,
+                                                        config.missing_eos_penalty)
+    kl = candidates_kl(evaluator, samples, proxy)
 
-    metrics, rows = evaluator.evaluate_answers(answers, kl=(kl, kl))
+    metrics, rows = evaluator.evaluate_answers(answers, kl=(kl, None))
     for row, scores, k in zip(rows, proxy, chosen):
         row["proxy_samples"], row["chosen"] = scores, k
     metrics.update({
-        "kl_analytic": kl,
+        "kl_bound": bound,
         "n": config.n,
         "best_proxy_reward": sum(max(s) for s in proxy) / len(proxy),  # same scoring pass as the choice
-        **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},  # sample 0: the evaluator's SFT answers
-        "chosen_first_rate": sum(k == 0 for k in chosen) / len(chosen),
+        **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
         "tokens_generated": sum(a.num_tokens for answers_k in samples for a in answers_k),
     })
     writer = SummaryWriter(str(run.tb_dir))
@@ -139,15 +205,30 @@ def main(config: BestOfNConfig) -> dict:
         "reward_model": REWARD_SUBDIR, "reward_model_source": str(parents.reward_dir),
         "reward_weights_sha256": weights_hash(parents.reward_dir),
         "sampling": {k: v for k, v in evaluator.generation.items() if k not in ("batch_size", "seed")},
-        "kl_analytic": kl,
+        "kl": kl, "kl_bound": bound, "missing_eos_penalty": config.missing_eos_penalty,
     })
     metrics["wall_time_s"] = round(time.time() - started, 2)
+    record_per_prompt(run, evaluator)
     run.finish(metrics)
-    print(f"wrote {run.path}  best-of-{config.n}: gold {metrics['gold_reward']:+.3f} "
-          f"[{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}] "
-          f"(SFT {metrics['sft_gold_reward']:+.3f})  win {metrics['win_rate']:.0%}  "
-          f"proxy {metrics['sft_proxy_reward']:+.3f} -> {metrics['best_proxy_reward']:+.3f}  KL {kl:.3f} (analytic)")
+    print(f"wrote {run.path}  best-of-{config.n}: gold {metrics['gold_reward']:+.3f} (SFT "
+          f"{metrics['sft_gold_reward']:+.3f}), gain {metrics['gold_gain']:+.3f} [{metrics['gold_gain_low']:+.3f}, "
+          f"{metrics['gold_gain_high']:+.3f}]  win {metrics['win_rate']:.0%}  proxy {metrics['sft_proxy_reward']:+.3f} "
+          f"-> {metrics['best_proxy_reward']:+.3f}  KL {kl:.3f} (estimate; bound {bound:.3f})")
     return metrics
+
+
+def candidates_kl(evaluator, samples, proxy) -> float:
+    """Mean over the evaluation's answer slots of `estimated_kl` from that slot's n candidates."""
+    from alignment.evaluate import answer_logprobs
+
+    options = dict(temperature=evaluator.temperature, batch_size=evaluator.batch_size,
+                   pad_token_id=evaluator.tokenizer.pad_token_id)
+    log_probs = [[float(lp.double().sum()) for lp in answer_logprobs(evaluator.sft_model, evaluator.prompt_ids,
+                                                                     [a.token_ids for a in answers], **options)]
+                 for answers in samples]  # [candidate][slot]
+    return sum(estimated_kl([tuple(samples[k][i].token_ids) for k in range(len(samples))],
+                            [log_probs[k][i] for k in range(len(samples))], proxy[i])
+               for i in range(len(proxy))) / len(proxy)
 
 
 def parse(argv: list[str]):

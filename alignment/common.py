@@ -10,6 +10,7 @@ has none.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from recipes.model_dirs import check_model_dir
 from recipes.rundir import RunDir, require_parent, weights_hash
 
 METHODS = ("dpo", "kto", "grpo", "rloo", "ppo", "best-of-n")
+MISSING_EOS_PENALTY = 1.0
 
 
 @dataclasses.dataclass
@@ -42,7 +44,15 @@ class AlignArguments(LoraArguments):
     eval_prompts: str = dataclasses.field(
         default="world:eval?size=smoke", metadata={"help": "Held-out prompts every method is evaluated on."})
     eval_prompts_split: str = "test"
+    # The one end-of-turn rule for every method that optimises or selects by the proxy (reward.evaluate.score).
+    missing_eos_penalty: float | None = dataclasses.field(
+        default=MISSING_EOS_PENALTY, metadata={"help": "Subtracted from the proxy's score of an answer that never "
+                                               "ends its turn (training reward, best-of-n's choice, DPO/KTO's "
+                                               "pair ranking); null: none."})
     eval_num_prompts: int = 100
+    eval_samples_per_prompt: int = dataclasses.field(
+        default=1, metadata={"help": "Answers sampled per evaluation prompt, from the policy and from the SFT "
+                             "baseline alike: more answers narrow the paired interval of the gain over SFT."})
     eval_max_new_tokens: int = 64
     eval_temperature: float = 1.0
     eval_top_p: float = 1.0
@@ -112,12 +122,16 @@ def load_eval_prompts(config) -> list:
     return prompts
 
 
-def build_evaluator(config, sft_model, tokenizer, reward_model=None):
+def build_evaluator(config, sft_model, tokenizer, reward_model=None, sft_dir: Path | None = None):
+    """The one evaluation; with `sft_dir` (where the SFT weights came from) the SFT baseline's answers are
+    sampled once per recipe and cached for every method."""
     from alignment.evaluate import Evaluator
 
     return Evaluator(sft_model, tokenizer, load_eval_prompts(config), reward_model=reward_model,
+                     sft_weights=weights_hash(sft_dir) if sft_dir is not None else None,
                      max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
-                     top_p=config.eval_top_p, batch_size=config.eval_generation_batch_size, seed=config.seed)
+                     top_p=config.eval_top_p, batch_size=config.eval_generation_batch_size, seed=config.seed,
+                     samples_per_prompt=config.eval_samples_per_prompt)
 
 
 def causal_lm_peft_config(config):
@@ -152,9 +166,21 @@ def start_run(config, method: str, parents: Parents, data: dict | None = None) -
     return run
 
 
-def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float) -> dict:
-    """Save the aligned model (merged if LoRA) and the final metrics, and print the headline numbers
-    (on the main process only, under `accelerate launch`)."""
+PER_PROMPT_FILE = "eval_per_prompt.json"
+
+
+def record_per_prompt(run: RunDir, evaluator) -> None:
+    """The final evaluation prompt by prompt (gold, the SFT baseline's gold, win score), which `compare` pairs
+    across methods."""
+    from recipes.rundir import atomic_write_text
+
+    if evaluator.recorded is not None:
+        atomic_write_text(run.path / PER_PROMPT_FILE, json.dumps(evaluator.recorded) + "\n")
+
+
+def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float, evaluator) -> dict:
+    """Save the aligned model (merged if LoRA), the final evaluation per prompt and the final metrics, and
+    print the headline numbers (on the main process only, under `accelerate launch`)."""
     from recipes.distributed import process_state
 
     metrics = {**metrics, "wall_time_s": round(time.time() - started, 2)}
@@ -163,8 +189,9 @@ def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float) -> 
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     run.save_model(model, tokenizer)
+    record_per_prompt(run, evaluator)
     run.finish(metrics)
     print(f"wrote {run.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
-          f"{metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]  "
-          f"win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
+          f"{metrics['gold_reward']:+.3f}, gain {metrics['gold_gain']:+.3f} [{metrics['gold_gain_low']:+.3f}, "
+          f"{metrics['gold_gain_high']:+.3f}]  win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
     return metrics

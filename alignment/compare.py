@@ -4,8 +4,13 @@ Reads the finished `align-*` run directories under runs/<name> (one per method, 
 `rlhf-lab run --seeds`) and writes runs/<name>/compare/:
 
     compare.md, compare.csv   a row per method and seed (and with several seeds, the mean and its 95%
-                              t-interval across seeds), the SFT baseline first: gold reward, win rate vs
-                              SFT, proxy reward, KL to SFT, length, per-family scores, wall time, tokens
+                              t-interval across seeds), the SFT baseline first: the loss each method ran,
+                              gold reward, its gain over SFT with the paired interval, win rate vs SFT with
+                              its interval, proxy reward, KL to SFT, length, per-family scores, wall time,
+                              tokens; then which methods differ (paired, prompt by prompt, Holm-corrected)
+                              and, with several seeds, how stable the ranking is (Kendall's W)
+    pairwise.csv              every pair of methods of every seed: the paired difference in gold, its
+                              interval, p-value and whether it survives Holm's correction
     frontier.png              gold reward against KL for every method (final points and training paths)
     training.png              gold and proxy reward over training steps, per method
     families.png              per-family gold scores, per method
@@ -31,14 +36,16 @@ from pathlib import Path
 
 from recipes.errors import UserError
 from recipes.rundir import atomic_write_text, now
-from recipes.statistics import seed_interval
+from recipes.statistics import holm, kendalls_w, paired_difference, seed_interval
 from recipes.tracking import markdown_table
 
 OUT = "compare"
 BASELINE = "sft"
 # (metric key, column header, format) in table order; gold/<family> columns are added from the runs.
 COLUMNS = [
+    ("loss", "loss", "{}"),
     ("gold_reward", "gold", "{:+.3f}"),
+    ("gold_gain", "gain vs SFT", "{:+.3f}"),
     ("win_rate", "win vs SFT", "{:.1%}"),
     ("proxy_reward", "proxy", "{:+.3f}"),
     ("kl", "KL", "{:.3f}"),
@@ -60,6 +67,9 @@ class CompareConfig:
     run_dir: str  # runs/<name>: the recipe's run directories
 
 
+INTERVALS = {"gold_reward": "gold_reward", "gold_gain": "gold_gain", "win_rate": "win_rate"}  # key -> key_low/_high
+
+
 @dataclasses.dataclass
 class Run:
     name: str  # align-dpo, align-dpo-seed1
@@ -68,6 +78,27 @@ class Run:
     path: Path
     metrics: dict
     finished: str
+    loss: str | None = None  # the loss_type it ran (TRL's name), where the method has several
+    per_prompt: dict | None = None  # the final evaluation prompt by prompt (alignment.common.PER_PROMPT_FILE)
+
+
+def loss_of(path: Path) -> str | None:
+    import yaml
+
+    try:
+        loss = (yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}).get("loss_type")
+    except (OSError, yaml.YAMLError):
+        return None
+    return "+".join(loss) if isinstance(loss, list) else loss
+
+
+def per_prompt_of(path: Path) -> dict | None:
+    from alignment.common import PER_PROMPT_FILE
+
+    try:
+        return json.loads((path / PER_PROMPT_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def method_of(name: str, manifest: dict) -> str:
@@ -94,7 +125,7 @@ def collect(recipe_runs: Path) -> list[Run]:
             continue
         method = method_of(path.name, manifest)
         runs.append(Run(path.name, method, int(manifest.get("seed") or 0), path, manifest.get("metrics") or {},
-                        manifest.get("finished") or ""))
+                        manifest.get("finished") or "", loss_of(path), per_prompt_of(path)))
     if not runs:
         raise UserError(f"{recipe_runs}: no finished alignment runs (align-<method>/) to compare; "
                         f"run `rlhf-lab run recipes/{recipe_runs.name}` first")
@@ -117,7 +148,8 @@ def baseline_metrics(run: Run) -> dict:
 def build_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str, str]]]:
     """Table rows (dicts with method, seed, and every column's value) and the columns."""
     columns = COLUMNS + family_columns(runs) + TASK_COLUMNS + COST_COLUMNS
-    keys = [k for k, _, _ in columns] + ["gold_reward_low", "gold_reward_high", "tie_rate", "win_rate_decided"]
+    keys = [k for k, _, _ in columns] + [f"{k}_{end}" for k in INTERVALS for end in ("low", "high")] + [
+        "tie_rate", "win_rate_decided", "kl_bound"]
     per_method: dict[str, list[dict]] = {BASELINE: []}
     for seed in sorted({r.seed for r in runs}):  # the SFT baseline of each seed, from its first method's evaluation
         first = next(r for r in runs if r.seed == seed)
@@ -125,7 +157,8 @@ def build_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str, str]]]
         per_method[BASELINE].append({"method": BASELINE, "seed": seed, "run": first.name, **{k: base.get(k) for k in keys}})
     for run in runs:
         per_method.setdefault(run.method, []).append(
-            {"method": run.method, "seed": run.seed, "run": run.name, **{k: run.metrics.get(k) for k in keys}})
+            {"method": run.method, "seed": run.seed, "run": run.name, **{k: run.metrics.get(k) for k in keys},
+             "loss": run.loss})
     rows = []
     for method, group in per_method.items():
         rows += group
@@ -135,13 +168,92 @@ def build_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str, str]]]
 
 
 def mean_row(method: str, group: list[dict], keys: list[str]) -> dict:
-    """The mean over seeds of every column; gold's interval is the 95% t-interval across the seeds."""
-    row = {"method": method, "seed": "mean", "run": f"{len(group)} seeds"}
+    """The mean over seeds of every column; gold's, the gain's and the win rate's intervals are the 95%
+    Student-t intervals across the seeds."""
+    row = {"method": method, "seed": "mean", "run": f"{len(group)} seeds", "loss": group[0].get("loss")}
     for key in keys:
-        values = [r[key] for r in group if isinstance(r[key], (int, float))]
+        values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
         row[key] = seed_interval(values)[0] if values else None
-    _, row["gold_reward_low"], row["gold_reward_high"] = seed_interval([r["gold_reward"] for r in group])
+    for key in INTERVALS:
+        values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
+        if values:
+            _, row[f"{key}_low"], row[f"{key}_high"] = seed_interval(values)
     return row
+
+
+def pairwise(runs: list[Run]) -> list[dict]:
+    """Every pair of methods evaluated on the same prompts in the same seed: the mean per-prompt gold difference
+    (first - second) with its paired bootstrap interval and p-value, and whether it survives Holm's correction
+    over all the seed's pairs (SFT included, as the baseline every run shares)."""
+    out = []
+    for seed in sorted({r.seed for r in runs}):
+        scored = [r for r in runs if r.seed == seed and r.per_prompt]
+        if not scored:
+            continue
+        base = scored[0].per_prompt
+        entries = [("sft", base["sft_gold"], base["prompts"])] + [(r.method, r.per_prompt["gold"], r.per_prompt["prompts"])
+                                                                 for r in scored]
+        pairs = []
+        for i, (a, gold_a, prompts_a) in enumerate(entries):
+            for b, gold_b, prompts_b in entries[i + 1:]:
+                if prompts_a != prompts_b:
+                    continue  # evaluated on other prompts: no pairing
+                d = paired_difference(gold_a, gold_b, seed=seed)
+                pairs.append({"seed": seed, "first": a, "second": b, "difference": d.mean, "low": d.low,
+                              "high": d.high, "p_value": d.p_value, "prompts": len(gold_a)})
+        for pair, significant in zip(pairs, holm([p["p_value"] for p in pairs])):
+            pair["significant"] = significant
+        out += pairs
+    return out
+
+
+def significance_markdown(pairs: list[dict], rows: list[dict]) -> str:
+    """Per seed, the methods ranked by gold, each with the methods it is significantly above (paired, Holm)."""
+    lines = []
+    for seed in sorted({p["seed"] for p in pairs}):
+        gold = {r["method"]: r["gold_reward"] for r in rows if r["seed"] == seed}
+        ranked = sorted(gold, key=lambda m: -gold[m])
+        lines.append(f"Seed {seed}, ranked by gold; \"above\" = paired difference significant at 5% after Holm's "
+                     f"correction over the {sum(p['seed'] == seed for p in pairs)} pairs:\n")
+        for m in ranked:
+            above = [(p["second"] if p["first"] == m else p["first"]) for p in pairs if p["seed"] == seed
+                     and p["significant"] and ((p["first"] == m and p["difference"] > 0)
+                                               or (p["second"] == m and p["difference"] < 0))]
+            lines.append(f"- {m} ({gold[m]:+.3f}): above {', '.join(above) if above else 'none'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def ranking_stability(rows: list[dict]) -> tuple[float, int, int] | None:
+    """Kendall's W of the methods' gold gains over the seeds that ran every method: (W, seeds, methods)."""
+    methods = sorted({r["method"] for r in rows if r["method"] != BASELINE})
+    seeds = sorted({r["seed"] for r in rows if r["seed"] != "mean"})
+    by = {(r["method"], r["seed"]): r.get("gold_gain") for r in rows}
+    complete = [s for s in seeds if all(isinstance(by.get((m, s)), (int, float)) for m in methods)]
+    if len(complete) < 2 or len(methods) < 3:
+        return None
+    return kendalls_w([[by[(m, s)] for m in methods] for s in complete]), len(complete), len(methods)
+
+
+def caption(runs: list[Run], pairs: list[dict]) -> str:
+    """What the evaluation could see: prompts x answers, the typical paired half-width of a gain over SFT, and
+    the smallest gain it detects with 80% power (2.8 standard errors of the paired difference)."""
+    scored = [r for r in runs if r.per_prompt]
+    if not scored:
+        return ""
+    import numpy as np
+
+    half = [(r.metrics["gold_gain_high"] - r.metrics["gold_gain_low"]) / 2 for r in scored
+            if isinstance(r.metrics.get("gold_gain_high"), (int, float))]
+    first = scored[0].per_prompt
+    if not half:
+        return ""
+    median = float(np.median(half))
+    k = first["samples_per_prompt"]
+    return (f"Evaluation: {len(first['gold'])} held-out prompts x {k} answer{'s' if k > 1 else ''} each, "
+            f"for every method and for the SFT baseline (drawn apart). Gain vs SFT: mean of per-prompt differences "
+            f"in gold, 95% paired bootstrap interval (median half-width {median:.3f}); a gain smaller than about "
+            f"{2.8 * median / 1.96:.3f} is detected with less than 80% power.")
 
 
 def cell(value, fmt: str) -> str:
@@ -157,17 +269,18 @@ def markdown(rows: list[dict], columns) -> str:
         cells = [row["method"], str(row["seed"])]
         for key, _, fmt in columns:
             text = cell(row.get(key), fmt)
-            if key == "gold_reward" and row.get("gold_reward_low") is not None \
-                    and not math.isnan(row["gold_reward_low"]):
-                text += f" [{row['gold_reward_low']:+.3f}, {row['gold_reward_high']:+.3f}]"
+            low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
+            if key in INTERVALS and isinstance(low, (int, float)) and not math.isnan(low) and low != high:
+                text += f" [{fmt.format(low)}, {fmt.format(high)}]"
             cells.append(text)
         table.append(cells)
     return markdown_table(headers, table)
 
 
 def to_csv(rows: list[dict], columns) -> str:
-    fields = ["method", "seed", "run", "gold_reward", "gold_reward_low", "gold_reward_high", "tie_rate",
-              "win_rate_decided"] + [k for k, _, _ in columns if k != "gold_reward"]
+    fields = ["method", "seed", "run", "loss", "gold_reward", "gold_reward_low", "gold_reward_high", "gold_gain",
+              "gold_gain_low", "gold_gain_high", "win_rate", "win_rate_low", "win_rate_high", "tie_rate",
+              "win_rate_decided", "kl_bound"] + [k for k, _, _ in columns]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(fields)), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -179,7 +292,7 @@ def inputs_of(runs: list[Run]) -> dict[str, str]:
     return {r.name: r.finished for r in runs}
 
 
-OUTPUTS = ("compare.md", "compare.csv", "frontier.png", "training.png", "families.png")
+OUTPUTS = ("compare.md", "compare.csv", "pairwise.csv", "frontier.png", "training.png", "families.png")
 
 
 def is_up_to_date(config: CompareConfig) -> bool:
@@ -204,17 +317,37 @@ def main(config: CompareConfig) -> dict:
     out = recipe_runs / OUT
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, columns)
-    atomic_write_text(out / "compare.md", f"# {recipe_runs.name}: alignment methods compared\n\n{table}\n")
+    pairs = pairwise(runs)
+    notes = [caption(runs, pairs), significance_markdown(pairs, rows)]
+    stability = ranking_stability(rows)
+    if stability is not None:
+        w, n_seeds, n_methods = stability
+        notes.append(f"Ranking stability over {n_seeds} seeds: Kendall's W = {w:.2f} on the {n_methods} methods' "
+                     "gains (1: every seed ranks them alike; 0: no agreement).")
+    text = "\n\n".join([table] + [n for n in notes if n])
+    atomic_write_text(out / "compare.md", f"# {recipe_runs.name}: alignment methods compared\n\n{text}\n")
     atomic_write_text(out / "compare.csv", to_csv(rows, columns))
+    atomic_write_text(out / "pairwise.csv", pairs_csv(pairs))
     curves = {r.name: read_curves(r.path / "tb") for r in runs}
     write_plots(out, runs, rows, curves)
     write_tensorboard(out / "tb", runs, rows, columns)
     atomic_write_text(out / "manifest.json", json.dumps(
         {"stage": OUT, "status": "finished", "finished": now(), "inputs": inputs_of(runs), "rows": rows},
         indent=2) + "\n")
-    print(table)
+    print(text)
     print(f"wrote {out}/ ({', '.join(OUTPUTS)}, tb/)")
-    return {"rows": len(rows), "methods": len({r.method for r in runs}), "seeds": len({r.seed for r in runs})}
+    return {"rows": len(rows), "methods": len({r.method for r in runs}), "seeds": len({r.seed for r in runs}),
+            "significant_pairs": sum(p["significant"] for p in pairs),
+            **({"kendalls_w": stability[0]} if stability is not None else {})}
+
+
+def pairs_csv(pairs: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["seed", "first", "second", "difference", "low", "high", "p_value",
+                                                "significant", "prompts"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(pairs)
+    return buffer.getvalue()
 
 
 def cli(argv: list[str]) -> int:

@@ -43,7 +43,7 @@ def hyperparameters(run) -> dict:
     except (OSError, yaml.YAMLError):
         config = {}
     kl = config.get("beta", config.get("kl_coef"))
-    return {"method": run.method, "seed": int(run.seed),
+    return {"method": run.method, "seed": int(run.seed), "loss": run.loss or "-",
             "learning_rate": float(config.get("learning_rate") or 0.0),
             "kl_coefficient": float(kl) if kl is not None else 0.0,
             "best_of_n": int(config.get("n") or 0)}
@@ -68,7 +68,8 @@ def write_tensorboard(tb_dir: Path, runs, rows: list[dict], columns) -> None:
             if row["seed"] == "mean" or row["run"] not in by_name:
                 continue
             params = hyperparameters(by_name[row["run"]]) if row["method"] != "sft" else \
-                {"method": "sft", "seed": int(row["seed"]), "learning_rate": 0.0, "kl_coefficient": 0.0, "best_of_n": 0}
+                {"method": "sft", "seed": int(row["seed"]), "loss": "-", "learning_rate": 0.0, "kl_coefficient": 0.0,
+                 "best_of_n": 0}
             metrics = {HPARAM_METRIC_PREFIX + key: float(row[key]) for key, _, _ in columns
                        if isinstance(row.get(key), (int, float)) and not math.isnan(row[key])}
             writer.add_hparams(params, metrics, run_name=f"{row['method']}-seed{row['seed']}")

@@ -1,11 +1,17 @@
 """One evaluation for every alignment method, so their numbers can be compared honestly.
 
-On the same held-out prompts, with the same sampling settings, for any policy:
+On the same held-out prompts, with the same sampling settings, `samples_per_prompt` answers to each
+prompt, for any policy:
 
     gold_reward, gold_reward_low, gold_reward_high   mean gold total and its 95% bootstrap interval
-    win_rate             share of prompts where the policy's answer beats the SFT model's on gold
-                         (ties count half); the SFT answers are sampled once, with the same settings
-    tie_rate, win_rate_decided   share of prompts tied on gold, and the win rate among the others
+                         (prompts resampled: a prompt's answers stay together)
+    gold_gain, gold_gain_low, gold_gain_high   the gain over the SFT model's answers to the same prompts:
+                         the mean of per-prompt differences, with a paired bootstrap interval
+    win_rate, win_rate_low, win_rate_high   share of (prompt, sample) pairs where the policy's answer beats
+                         the SFT model's j-th answer to that prompt on gold (ties count half), with its
+                         interval over prompts; the SFT answers are sampled once, from a stream of their
+                         own, independent of every policy's (recipes/seeds.py)
+    tie_rate, win_rate_decided   share of pairs tied on gold, and the win rate among the others
     proxy_reward         mean score of the trained reward model
     kl                   KL(policy || SFT) from the policy's own samples: mean of sum_t log p/q
     kl_k3                the same with the non-negative k3 estimator, sum_t (r - 1 - log r), r = q/p
@@ -20,15 +26,18 @@ metrics into TensorBoard under `gold_eval/` and the prompt/answer/gold/proxy row
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from alignment.proxy_pairs import cached_samples
 from recipes.generation import Answer, generate_answers, render_prompts
 from recipes.gold_eval import score_answers, summarize
-from recipes.statistics import bootstrap_interval
+from recipes.seeds import stream_seed
+from recipes.statistics import bootstrap_interval, paired_difference
 from recipes.tracking import markdown_table
 
 TB_PREFIX = "gold_eval"
@@ -89,19 +98,35 @@ def answer_logprobs(model, prompt_ids: list[list[int]], answer_ids: list[list[in
     return out
 
 
+def per_prompt(values, n_prompts: int) -> np.ndarray:
+    """(n_prompts,) means of values laid out sample-major: answer j to prompt i at j * n_prompts + i."""
+    return np.asarray(values, dtype=float).reshape(-1, n_prompts).mean(axis=0)
+
+
 class Evaluator:
-    """Evaluates policies against one SFT model on fixed prompts with fixed sampling settings."""
+    """Evaluates policies against one SFT model on fixed prompts with fixed sampling settings.
+
+    Every prompt is answered `samples_per_prompt` times; answers are laid out sample-major (`self.prompts`
+    holds the prompts repeated, answer j to prompt i at j * num_prompts + i). The SFT baseline's answers and
+    each policy's are drawn from separate streams derived from `seed`."""
 
     def __init__(self, sft_model, tokenizer, prompts, *, reward_model=None, max_new_tokens: int = 64,
-                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0):
+                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
+                 samples_per_prompt: int = 1, sft_weights: str | None = None):
         self.sft_model, self.tokenizer, self.reward_model = sft_model, tokenizer, reward_model
-        self.prompts = list(prompts)
+        self.num_prompts, self.samples_per_prompt = len(prompts), samples_per_prompt
+        self.prompts = list(prompts) * samples_per_prompt
         self.generation = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                               top_p=top_p, batch_size=batch_size, seed=seed)
+                               top_p=top_p, batch_size=batch_size, seed=stream_seed(seed, "eval/policy"))
         self.batch_size, self.seed, self.temperature = batch_size, seed, temperature
         self.prompt_ids = render_prompts(tokenizer, self.prompts)
-        self.sft_answers = generate_answers(sft_model, tokenizer, self.prompts, **self.generation)
+        baseline = {**self.generation, "seed": stream_seed(seed, "eval/sft-baseline")}
+        # Every method of a recipe evaluates against the same baseline: with the SFT weights' hash it is
+        # sampled once and read from the cache by the other stages (the settings and seed are the key).
+        self.sft_answers = cached_samples(lambda: [generate_answers(sft_model, tokenizer, self.prompts, **baseline)],
+                                          sft_weights, self.prompts, purpose="eval/sft-baseline", **baseline)[0]
         self.sft_gold = [row["gold"] for row in score_answers(self.prompts, self.sft_answers)]
+        self.recorded: dict | None = None  # per-prompt numbers of the last policy evaluated (compare reads them)
 
     def sample(self, policy) -> list[Answer]:
         return generate_answers(policy, self.tokenizer, self.prompts, **self.generation)
@@ -116,17 +141,31 @@ class Evaluator:
                           answer_logprobs(self.sft_model, self.prompt_ids, ids, **options))
         return self.evaluate_answers(answers, kl=kl)
 
-    def evaluate_answers(self, answers: list[Answer], *, kl: tuple[float, float]) -> tuple[dict[str, float], list[dict]]:
-        """Score answers to `self.prompts` (one each, in order) whose KL to SFT is known."""
+    def evaluate_answers(self, answers: list[Answer], *, kl: tuple[float, float | None],
+                         record: bool = True) -> tuple[dict[str, float], list[dict]]:
+        """Score answers to `self.prompts` (one each, in order) whose KL to SFT is known; `record` keeps the
+        per-prompt numbers in `self.recorded` (the SFT model's own evaluation does not)."""
         rows = score_answers(self.prompts, answers)
         metrics = summarize(rows)
         gold = [row["gold"] for row in rows]
-        metrics["gold_reward_low"], metrics["gold_reward_high"] = bootstrap_interval(gold, seed=self.seed)
-        metrics["win_rate"] = win_rate(gold, self.sft_gold)
+        n = self.num_prompts
+        gold_by_prompt, sft_by_prompt = per_prompt(gold, n), per_prompt(self.sft_gold, n)
+        wins = per_prompt((np.asarray(gold) > self.sft_gold) + 0.5 * (np.asarray(gold) == self.sft_gold), n)
+        metrics["gold_reward_low"], metrics["gold_reward_high"] = bootstrap_interval(gold_by_prompt, seed=self.seed)
+        gain = paired_difference(gold_by_prompt, sft_by_prompt, seed=self.seed)
+        metrics["gold_gain"], metrics["gold_gain_low"], metrics["gold_gain_high"] = gain.mean, gain.low, gain.high
+        metrics["win_rate"] = float(wins.mean())
+        metrics["win_rate_low"], metrics["win_rate_high"] = bootstrap_interval(wins, seed=self.seed)
         metrics["tie_rate"], decided = ties_and_decided_wins(gold, self.sft_gold)
         if math.isfinite(decided):  # the SFT model against its own answers ties everywhere
             metrics["win_rate_decided"] = decided
-        metrics["kl"], metrics["kl_k3"] = kl
+        metrics["kl"] = kl[0]
+        if kl[1] is not None:
+            metrics["kl_k3"] = kl[1]
+        if record:
+            self.recorded = {"prompts": [p if isinstance(p, str) else json.dumps(p) for p in self.prompts[:n]],
+                             "samples_per_prompt": self.samples_per_prompt, "gold": gold_by_prompt.tolist(),
+                             "sft_gold": sft_by_prompt.tolist(), "win": wins.tolist()}
         if self.reward_model is not None:
             from reward import score
 
@@ -139,7 +178,7 @@ class Evaluator:
 
     def sft_metrics(self) -> dict[str, float]:
         """The SFT model's own numbers on its baseline answers (win rate 0.5, KL 0 by definition)."""
-        metrics, _ = self.evaluate_answers(self.sft_answers, kl=(0.0, 0.0))
+        metrics, _ = self.evaluate_answers(self.sft_answers, kl=(0.0, 0.0), record=False)
         return metrics
 
 
@@ -199,8 +238,8 @@ class EvaluationCallback(TrainerCallback):
         metrics, rows = self.evaluator.evaluate(model)  # a peft model generates through its adapters
         write(self._writer(args), metrics, rows, state.global_step)
         self.history.append((state.global_step, metrics))
-        print(f"step {state.global_step}: gold {metrics['gold_reward']:+.3f} "
-              f"[{metrics['gold_reward_low']:+.3f}, {metrics['gold_reward_high']:+.3f}]  "
+        print(f"step {state.global_step}: gold {metrics['gold_reward']:+.3f}, gain over SFT "
+              f"{metrics['gold_gain']:+.3f} [{metrics['gold_gain_low']:+.3f}, {metrics['gold_gain_high']:+.3f}]  "
               f"win {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}"
               + (f"  proxy {metrics['proxy_reward']:+.3f}" if "proxy_reward" in metrics else ""))
 

@@ -167,7 +167,8 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         sampled_pairs, sampled = proxy_ranked_pairs(
             reference, reward_model, tokenizer, prompts, samples_per_prompt=config.sft_samples_per_prompt,
             max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.sft_sample_temperature,
-            batch_size=config.eval_generation_batch_size, seed=config.seed, policy_weights=weights_hash(parents.sft_dir))
+            batch_size=config.eval_generation_batch_size, seed=config.seed, policy_weights=weights_hash(parents.sft_dir),
+            missing_eos_penalty=config.missing_eos_penalty)
         if len(sampled_pairs) == 0:
             raise UserError(f"key 'sft_sample_pairs': no prompt got two distinct finished SFT answers out of "
                             f"{config.sft_samples_per_prompt}; raise sft_sample_max_new_tokens or sft_samples_per_prompt")
@@ -186,7 +187,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     run_dir = claim_run(RunDir.for_config(config, run_name(config, method)),
                         lambda: start_run(config, method, parents, data=data))
     route_trainer_events(run_dir)
-    evaluator = build_evaluator(config, reference, tokenizer, reward_model)  # samples the SFT baseline answers
+    evaluator = build_evaluator(config, reference, tokenizer, reward_model, sft_dir=parents.sft_dir)
 
     args = copy.copy(config)
     args.output_dir = str(run_dir.checkpoints_dir)
@@ -218,4 +219,4 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         values = logged(trainer, key)
         if values:
             metrics[name] = values[-1]
-    return finish_run(run_dir, trainer.model, tokenizer, metrics, started)
+    return finish_run(run_dir, trainer.model, tokenizer, metrics, started, evaluator)

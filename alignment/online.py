@@ -94,14 +94,16 @@ def ended_flags(completion_ids, eos_token_id: int) -> list[bool] | None:
     return [bool(len(ids)) and int(ids[-1]) == eos_token_id for ids in completion_ids]
 
 
-def make_proxy_reward_func(reward_model, tokenizer, *, batch_size: int = 32):
+def make_proxy_reward_func(reward_model, tokenizer, *, batch_size: int = 32, missing_eos_penalty: float | None = None):
     """A TRL reward function scoring with the trained reward model, rendered as in its training
-    (`reward.score`: the chat template; a cut-off answer without its end of turn)."""
+    (`reward.score`: the chat template; a cut-off answer without its end of turn, and `missing_eos_penalty`
+    off its score, as PPO does)."""
     from reward import score
 
     def proxy_reward(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
         ended = ended_flags(completion_ids, tokenizer.eos_token_id)
-        return score(reward_model, tokenizer, list(prompts), list(completions), ended=ended, batch_size=batch_size)
+        return score(reward_model, tokenizer, list(prompts), list(completions), ended=ended, batch_size=batch_size,
+                     missing_eos_penalty=missing_eos_penalty if ended is not None else None)
 
     return proxy_reward
 
@@ -111,7 +113,8 @@ def make_reward_func(config, reward_model, tokenizer):
         from recipes.world import make_gold_reward_func
 
         return counting_tokens(make_gold_reward_func(tokenizer.eos_token_id))
-    return counting_tokens(make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size))
+    return counting_tokens(make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size,
+                                                  missing_eos_penalty=config.missing_eos_penalty))
 
 
 def counting_tokens(reward_func):
@@ -219,7 +222,7 @@ def run_online(config, method: str, trainer_class) -> dict:
                     lambda: start_run(config, method, parents, data=data))
     route_trainer_events(run)
     reward_func = make_reward_func(config, reward_model, reward_tokenizer)
-    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model)
+    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
     trainer_class = with_exact_resume(trainer_class)
     try:
         trainer = trainer_class(model=policy, reward_funcs=[reward_func], args=trainer_args(config, run.checkpoints_dir),
@@ -245,4 +248,4 @@ def run_online(config, method: str, trainer_class) -> dict:
     }
     if not trainer.is_world_process_zero():
         return metrics
-    return finish_run(run, trainer.model, tokenizer, metrics, started)
+    return finish_run(run, trainer.model, tokenizer, metrics, started, evaluator)

@@ -121,32 +121,44 @@ def gao_curve(d, alpha: float, beta: float, method: str):
 
 
 def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: OveroptimizationConfig) -> dict[str, list[dict]]:
-    """{proxy: [{n, kl, gold, proxy}, ...]}: one pool of max(n) samples per prompt, the first n of it."""
+    """{proxy: [{n, kl, kl_bound, gold, proxy}, ...]}: one pool of max(n) samples per prompt, the first n of it;
+    kl is best-of-n's estimate from the candidates and the SFT model's log-probabilities (best_of_n.estimated_kl)."""
     import numpy as np
 
-    from alignment.best_of_n import analytic_kl, best_of
-    from alignment.common import load_policy, load_reward_model
+    from alignment.best_of_n import best_of, estimated_kl, kl_bound
+    from alignment.common import MISSING_EOS_PENALTY, load_policy, load_reward_model
+    from alignment.evaluate import answer_logprobs
     from recipes.data import load_prompts
-    from recipes.generation import generate_answers
+    from recipes.generation import generate_answers, render_prompts
+    from recipes.seeds import stream_seed
     from recipes.world import gold_reward
     from reward import score
 
     policy, tokenizer = load_policy(sft_dir)
     prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"][:config.eval_num_prompts]
     pool = [generate_answers(policy, tokenizer, prompts, max_new_tokens=config.eval_max_new_tokens, do_sample=True,
-                             batch_size=config.eval_generation_batch_size, seed=config.seed + k)
+                             batch_size=config.eval_generation_batch_size,
+                             seed=stream_seed(config.seed, "best-of-n/candidate", k))
             for k in range(max(config.best_of_n))]
     gold = np.array([[gold_reward(p, a.text, ended=a.ended).total for p, a in zip(prompts, answers)] for answers in pool])
+    prompt_ids = render_prompts(tokenizer, prompts)
+    log_probs = np.array([[float(lp.double().sum()) for lp in answer_logprobs(
+        policy, prompt_ids, [a.token_ids for a in answers], batch_size=config.eval_generation_batch_size,
+        pad_token_id=tokenizer.pad_token_id)] for answers in pool])  # [candidate, prompt]
     curves = {}
     for name, reward_dir in proxies.items():
         reward_model = load_reward_model(reward_dir)
         proxy = np.array([score(reward_model, tokenizer, prompts, [a.text for a in answers],
-                                ended=[a.ended for a in answers]) for answers in pool])
+                                ended=[a.ended for a in answers], missing_eos_penalty=MISSING_EOS_PENALTY)
+                          for answers in pool])
         points = []
         for n in sorted(set(config.best_of_n)):
             chosen = best_of(proxy[:n].T.tolist())  # per prompt, the index of the proxy's favourite
             rows = range(len(prompts))
-            points.append({"n": n, "kl": analytic_kl(n), "gold": float(np.mean([gold[chosen[i], i] for i in rows])),
+            kl = np.mean([estimated_kl([tuple(pool[k][i].token_ids) for k in range(n)], log_probs[:n, i].tolist(),
+                                       proxy[:n, i].tolist()) for i in rows])
+            points.append({"n": n, "kl": float(kl), "kl_bound": kl_bound(n),
+                           "gold": float(np.mean([gold[chosen[i], i] for i in rows])),
                            "proxy": float(np.mean([proxy[chosen[i], i] for i in rows]))})
         curves[name] = points
     return curves

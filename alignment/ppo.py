@@ -176,7 +176,7 @@ def main(config: PPOStageConfig) -> dict:
     if config.resume and not resume_from:
         print(f"no checkpoint in {run.checkpoints_dir}; starting from rollout 0")
     writer = SummaryWriter(str(run.tb_dir), purge_step=resume_from + 1 if resume_from else None)
-    evaluator = build_evaluator(config, ref_model, tokenizer, reward_model)
+    evaluator = build_evaluator(config, ref_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
     args = copy.copy(config)
     args.output_dir = str(run.checkpoints_dir)
     trainer = PPOTrainer(args, policy=policy, ref_model=ref_model, reward_model=reward_model, value_model=value_model,
@@ -201,7 +201,7 @@ def main(config: PPOStageConfig) -> dict:
     }
     if not trainer.is_world_process_zero():
         return metrics
-    return finish_run(run, trainer.policy, tokenizer, metrics, started)  # the policy only, merged if LoRA
+    return finish_run(run, trainer.policy, tokenizer, metrics, started, evaluator)  # the policy only, merged if LoRA
 
 
 def parse(argv: list[str]):

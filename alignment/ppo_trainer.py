@@ -47,8 +47,8 @@ from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_an
 
 from alignment import ppo_core as core
 from recipes.finite_loss import non_finite_error
-from recipes.kill_switch import kill_if_asked
 from recipes.generation import as_messages, generate_answers, render_prompts
+from recipes.kill_switch import kill_if_asked
 from recipes.rundir import check_checkpoint, load_checkpoint_state
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -263,7 +263,8 @@ class PPOTrainer(_BaseTrainer):
                     model.parameters(), args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else math.inf)
                 if not math.isfinite(float(grad_norm)):
                     raise non_finite_error("gradient norm", float(grad_norm), rollout + 1, self.checkpoints_dir)
-                kill_if_asked(rollout + 1)
+                if epoch == 0 and m == 0:
+                    kill_if_asked(rollout + 1)  # once per rollout, at its first optimizer step
                 self.optimizer.step()
                 self.optimizer.zero_grad()
         out = {key: float(np.mean(values)) for key, values in sums.items() if key != "ratio_max_deviation"}

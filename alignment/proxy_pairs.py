@@ -17,7 +17,8 @@ from __future__ import annotations
 
 
 def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_prompt: int, max_new_tokens: int,
-                       temperature: float = 1.0, batch_size: int = 32, seed: int = 0, policy_weights: str | None = None):
+                       temperature: float = 1.0, batch_size: int = 32, seed: int = 0, policy_weights: str | None = None,
+                       missing_eos_penalty: float | None = None):
     """(pairs, counts): a datasets.Dataset of conversational prompt/chosen/rejected, best and worst of
     `samples_per_prompt` sampled answers by proxy score, and the numbers for the manifest.
 
@@ -27,18 +28,20 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
     import numpy as np
 
     from recipes.generation import as_messages, generate_answers
+    from recipes.seeds import stream_seed
     from recipes.world import family_of, gold_reward
     from reward import score
 
     def sample():
         return [generate_answers(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
-                                 temperature=temperature, batch_size=batch_size, seed=seed + 1 + i)
+                                 temperature=temperature, batch_size=batch_size,
+                                 seed=stream_seed(seed, "pairs/sample", i))
                 for i in range(samples_per_prompt)]
 
     rounds = cached_samples(sample, policy_weights, prompts, samples_per_prompt=samples_per_prompt,
                             max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed)
-    scores = [score(reward_model, tokenizer, prompts, [a.text for a in answers], batch_size=batch_size)
-              for answers in rounds]
+    scores = [score(reward_model, tokenizer, prompts, [a.text for a in answers], ended=[a.ended for a in answers],
+                    batch_size=batch_size, missing_eos_penalty=missing_eos_penalty) for answers in rounds]
 
     columns = {"prompt": [], "chosen": [], "rejected": []}
     margins, gold_order = [], []
@@ -93,7 +96,9 @@ def cached_samples(sample, policy_weights: str | None, prompts, **settings):
 
     if policy_weights is None:
         return sample()
-    key = hashlib.sha256(json.dumps([policy_weights, prompts, settings], sort_keys=True, default=str).encode())
+    # "streams": each round's seed derived from `seed` by recipes.seeds (earlier entries used seed + 1 + i)
+    key = hashlib.sha256(json.dumps([policy_weights, prompts, settings, "streams"], sort_keys=True,
+                                    default=str).encode())
     path = cache_root() / "samples" / f"{key.hexdigest()[:32]}.json"
     if path.is_file():
         try:

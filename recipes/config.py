@@ -77,6 +77,11 @@ class TrainerDefaults:
         default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; the run's tb/ gets the events."})
     save_total_limit: int | None = 2
     seed: int = 0
+    # transformers' default follows the logging verbosity, which would make the resolved config (and so
+    # whether a --resume may continue a run) depend on it; the lab draws its own step bar and log lines.
+    disable_tqdm: bool | None = dataclasses.field(
+        default=True, metadata={"help": "The trainer's own progress bar and raw log dicts: off (the lab shows a "
+                                "step bar and one line per logging step)."})
 
     def apply_trainer_defaults(self, stage: str) -> None:
         if self.output_dir not in (None, CHECKPOINTS_DIR):

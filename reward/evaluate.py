@@ -144,11 +144,13 @@ def render(tokenizer, prompt, answer, ended: bool = True) -> list[int]:
 
 @torch.no_grad()
 def score(model, tokenizer, prompts, answers, *, ended=None, batch_size: int = 32,
-          max_length: int | None = None) -> list[float]:
+          max_length: int | None = None, missing_eos_penalty: float | None = None) -> list[float]:
     """The reward model's score of each (prompt, answer); answers are strings or assistant message lists.
 
     `ended[i] = False` marks an answer cut off before its end of turn. Rows longer than
     `max_length` (default: the model's context) keep their last tokens, where the score is read.
+    `missing_eos_penalty` is subtracted from a cut-off answer's score: the one end-of-turn rule of every
+    method that optimises or selects by the proxy (PPO, GRPO, RLOO, best-of-n, DPO/KTO's pair ranking).
     """
     ended = [True] * len(answers) if ended is None else list(ended)
     limit = max_length or getattr(model.config, "max_position_embeddings", None)
@@ -167,6 +169,8 @@ def score(model, tokenizer, prompts, answers, *, ended=None, batch_size: int = 3
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         scores += logits.float().view(len(batch), -1)[:, 0].tolist()
     model.train(was_training)
+    if missing_eos_penalty:
+        scores = [s - (0.0 if e else missing_eos_penalty) for s, e in zip(scores, ended)]
     return scores
 
 

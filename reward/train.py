@@ -31,6 +31,7 @@ from recipes.finite_loss import guarded_train
 from recipes.model_dirs import check_model_dir
 from recipes.progress import attach_progress
 from recipes.rundir import RunDir, require_parent
+from recipes.seeds import stream_seed
 from recipes.training_log import logged, mean_train_loss
 
 STAGE = "reward"
@@ -42,6 +43,9 @@ PAIR_SAMPLING_BATCH = 128
 
 @dataclasses.dataclass
 class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
+    disable_tqdm: bool | None = dataclasses.field(  # as TrainerDefaults: the same whatever the logging verbosity
+        default=True, metadata={"help": "The trainer's own progress bar and raw log dicts: off (the lab shows a "
+                                "step bar and one line per logging step)."})
     # Model (names as in TRL's ModelConfig).
     model_name_or_path: str | None = dataclasses.field(
         default=None, metadata={"help": "The SFT model to start from. Default: <runs_root>/<recipe>/sft/model."})
@@ -312,7 +316,8 @@ def main(config: RewardStageConfig) -> dict:
     samples = sample_answers(policy, tokenizer, eval_prompts,
                              samples_per_prompt=config.eval_samples_per_prompt,
                              max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
-                             batch_size=config.per_device_eval_batch_size, seed=config.seed)
+                             batch_size=config.per_device_eval_batch_size,
+                             seed=stream_seed(config.seed, "reward/eval-samples"))
     print(f"sampled {len(samples.answers)} SFT answers to {len(eval_prompts)} prompts "
           f"(mean gold {sum(samples.golds) / len(samples.golds):+.3f})")
     if config.sft_sample_pairs:
@@ -365,7 +370,8 @@ def add_sft_sample_pairs(config: RewardStageConfig, train_pairs, policy, tokeniz
     columns, counts = label_sft_samples(
         policy, tokenizer, train_pairs["prompt"], pairs=config.sft_sample_pairs, annotators=annotators,
         max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.eval_temperature,
-        batch_size=PAIR_SAMPLING_BATCH, seed=config.seed, cross_pairs=config.sft_sample_cross_pairs)
+        batch_size=PAIR_SAMPLING_BATCH, seed=stream_seed(config.seed, "reward/pair-samples"),
+        cross_pairs=config.sft_sample_cross_pairs)
     run.update(data={**(run.manifest() or {}).get("data", {}), **counts})
     cross = (f", and {counts['sft_sample_cross_pairs']} pairs across prompts ({counts['sft_sample_cross_ties']} ties)"
              if config.sft_sample_cross_pairs else "")

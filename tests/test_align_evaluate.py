@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from alignment.best_of_n import analytic_kl
+from alignment.best_of_n import best_of_n_kl, estimated_kl, kl_bound
 from alignment.evaluate import answer_logprobs, bootstrap_interval, kl_estimates, ties_and_decided_wins, win_rate, write
 from recipes.cli import main as rlhf_lab
 
@@ -101,15 +101,77 @@ def test_ties_and_decided_wins():
     assert tie_rate == 1.0 and math.isnan(decided)
 
 
-def test_best_of_n_analytic_kl():
-    assert analytic_kl(1) == 0.0
-    assert analytic_kl(2) == pytest.approx(math.log(2) - 0.5)
-    values = [analytic_kl(n) for n in (1, 2, 4, 8, 16, 64)]
+def test_best_of_n_kl_bound():
+    assert kl_bound(1) == 0.0
+    assert kl_bound(2) == pytest.approx(math.log(2) - 0.5)
+    values = [kl_bound(n) for n in (1, 2, 4, 8, 16, 64)]
     assert values == sorted(values) and len(set(values)) == len(values)
     for n in (100, 10_000, 1_000_000):  # log n - 1 + 1/n
-        assert analytic_kl(n) - math.log(n) == pytest.approx(-1 + 1 / n)
+        assert kl_bound(n) - math.log(n) == pytest.approx(-1 + 1 / n)
     with pytest.raises(ValueError):
-        analytic_kl(0)
+        kl_bound(0)
+
+
+def exact_best_of_n_kl(probs, rewards, n):
+    """By brute force: every ordered n-tuple of draws, best-of-n keeps the highest reward, the first drawn on a tie."""
+    import itertools
+
+    chosen = [0.0] * len(probs)
+    for draws in itertools.product(range(len(probs)), repeat=n):
+        weight = math.prod(probs[d] for d in draws)
+        best = max(range(n), key=lambda j: (rewards[draws[j]], -j))
+        chosen[draws[best]] += weight
+    return sum(c * math.log(c / p) for c, p in zip(chosen, probs) if c > 0)
+
+
+@pytest.mark.parametrize("probs, rewards", [
+    ([0.5, 0.3, 0.2], [0.0, 1.0, 2.0]),
+    ([0.6, 0.1, 0.25, 0.05], [1.0, 0.0, 1.0, 3.0]),  # two answers tie on reward
+    ([0.9, 0.1], [1.0, 0.0]),  # the likeliest answer is also the best: best-of-n barely moves
+])
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_best_of_n_kl_is_exact_on_a_categorical_and_under_the_bound(probs, rewards, n):
+    exact = exact_best_of_n_kl(probs, rewards, n)
+    assert best_of_n_kl(list(zip(rewards, probs, [True] * len(probs))), n) == pytest.approx(exact, abs=1e-12)
+    assert exact < kl_bound(n)
+
+
+def test_the_candidates_estimate_equals_the_exact_kl_when_they_cover_a_small_categorical():
+    """Eight candidates drawn from three answers, each at least twice: every answer is an atom with its exact
+    probability, nothing is left to spread, and the estimate is the exact KL, under the bound."""
+    probs, rewards = {(7,): 0.5, (8, 9): 0.3, (4,): 0.2}, {(7,): 0.0, (8, 9): 1.0, (4,): 2.0}
+    draws = [(7,), (8, 9), (7,), (4,), (7,), (8, 9), (4,), (7,)]
+    estimate = estimated_kl(draws, [math.log(probs[d]) for d in draws], [rewards[d] for d in draws])
+    exact = exact_best_of_n_kl(list(probs.values()), list(rewards.values()), 8)
+    assert estimate == pytest.approx(exact, abs=1e-12) and exact < kl_bound(8) - 0.1
+
+
+def test_the_candidates_estimate_is_the_bound_when_no_two_coincide_and_never_above_it():
+    import random
+
+    draws = [(k,) for k in range(6)]
+    assert estimated_kl(draws, [-20.0] * 6, [0.3, 0.1, 0.9, 0.5, 0.2, 0.7]) == pytest.approx(kl_bound(6), abs=1e-12)
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 8)
+        vocabulary = [(k,) for k in range(rng.randint(1, 5))]
+        probs = {v: rng.random() / len(vocabulary) for v in vocabulary}
+        reward = {v: rng.choice([0.0, 0.5, 1.0]) for v in vocabulary}
+        draws = [rng.choice(vocabulary) for _ in range(n)]
+        estimate = estimated_kl(draws, [math.log(probs[d]) for d in draws], [reward[d] for d in draws])
+        assert -1e-12 <= estimate <= kl_bound(n) + 1e-12
+
+
+def test_two_seeds_share_no_stream():
+    """Every draw's seed (evaluation answers, best-of-n candidates, pair sampling, the reward stage's samples)
+    differs across purposes, indices and run seeds: nothing is shared by accident."""
+    from recipes.seeds import stream_seed
+
+    purposes = ["eval/policy", "eval/sft-baseline", "reward/eval-samples", "reward/pair-samples"]
+    seeds = [stream_seed(s, p) for s in range(3) for p in purposes]
+    seeds += [stream_seed(s, p, k) for s in range(3) for p in ("best-of-n/candidate", "pairs/sample") for k in range(64)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= x < 2**31 for x in seeds)
+    assert stream_seed(0, "eval/policy") == stream_seed(0, "eval/policy")  # and reproducible
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,7 +187,7 @@ def evaluator(smoke_sft, smoke_reward):
     model, tokenizer = load_policy(smoke_sft / "model")
     prompts = load_prompts("world:eval?size=smoke&seed=0", split="test")["prompt"][:8]
     return Evaluator(model, tokenizer, prompts, reward_model=load_reward_model(smoke_reward / "model"),
-                     max_new_tokens=12, temperature=1.0, batch_size=8, seed=0)
+                     max_new_tokens=12, temperature=1.0, batch_size=8, seed=0, samples_per_prompt=2)
 
 
 @pytest.fixture(scope="module")
@@ -134,14 +196,22 @@ def sft_evaluation(evaluator):
 
 
 def test_the_sft_model_against_itself(evaluator, sft_evaluation):
+    """The SFT model evaluated as a policy: KL 0, and answers drawn apart from the baseline's (another stream),
+    so ties are only the real ones and its gain over SFT has an interval around zero."""
     metrics, rows = sft_evaluation
-    assert metrics["win_rate"] == 0.5  # same seed, same answers: every prompt a tie
     assert metrics["kl"] == 0.0 and metrics["kl_k3"] == 0.0
-    assert [r["answer"] for r in rows] == [a.text for a in evaluator.sft_answers]
-    assert metrics == {**evaluator.sft_metrics(), "kl": 0.0, "kl_k3": 0.0}
+    assert [r["answer"] for r in rows] != [a.text for a in evaluator.sft_answers]
+    assert metrics["tie_rate"] < 1.0 and metrics["gold_gain_low"] <= 0.0 <= metrics["gold_gain_high"]
+    assert metrics["gold_gain"] == pytest.approx(metrics["gold_reward"] - evaluator.sft_metrics()["gold_reward"])
+    baseline = evaluator.sft_metrics()
+    assert (baseline["win_rate"], baseline["gold_gain"], baseline["tie_rate"]) == (0.5, 0.0, 1.0)
     assert metrics["gold_reward_low"] <= metrics["gold_reward"] <= metrics["gold_reward_high"]
     assert math.isfinite(metrics["proxy_reward"]) and all("proxy" in r for r in rows)
-    assert len(rows) == 8 and 1 <= metrics["length"] <= 12
+    assert len(rows) == 16 and 1 <= metrics["length"] <= 12  # 8 prompts, 2 answers each
+    recorded = evaluator.recorded
+    assert recorded["samples_per_prompt"] == 2 and len(recorded["gold"]) == len(recorded["sft_gold"]) == 8
+    by_prompt = [(rows[i]["gold"] + rows[i + 8]["gold"]) / 2 for i in range(8)]  # answer j to prompt i at j*8 + i
+    assert recorded["gold"] == pytest.approx(by_prompt)
 
 
 def test_the_pretrained_model_is_far_from_sft(evaluator, smoke_pretrain):

@@ -141,7 +141,7 @@ def test_best_of_n_killed_while_sampling_resumes_to_the_same_choice(smoke_reward
     resumed = json.loads((killed / "manifest.json").read_text())
     expected = json.loads((reference / "manifest.json").read_text())
     assert resumed["status"] == "finished" and len(resumed["resumed"]) == 1
-    for key in ("gold_reward", "best_proxy_reward", "chosen_first_rate", "tokens_generated"):
+    for key in ("gold_reward", "best_proxy_reward", "kl", "tokens_generated"):
         assert resumed["metrics"][key] == expected["metrics"][key], key
 
 

@@ -59,10 +59,20 @@ def smoke_argv(smoke_sft: Path, smoke_runs: Path, recipe: str) -> list[str]:
             "--eval_max_new_tokens", "24"]
 
 
-def test_overoptimization_recipe_runs_in_smoke_size(smoke_sft, smoke_runs, capsys):
-    assert rlhf_lab(smoke_argv(smoke_sft, smoke_runs, "overopt-smoke")) == 0
-    out = capsys.readouterr().out
-    assert "| proxy | method |" in out
+@pytest.fixture(scope="module")
+def overopt_smoke(smoke_sft, smoke_runs) -> str:
+    """The smoke-size experiment run once, uninterrupted (the reference of the kill test too); its console."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert rlhf_lab(smoke_argv(smoke_sft, smoke_runs, "overopt-smoke")) == 0
+    return out.getvalue()
+
+
+def test_overoptimization_recipe_runs_in_smoke_size(overopt_smoke, smoke_runs):
+    assert "| proxy | method |" in overopt_smoke
     run = smoke_runs / "overopt-smoke" / "overoptimization"
     assert json.loads((run / "manifest.json").read_text())["status"] == "finished"
     results = json.loads((run / "results.json").read_text())
@@ -70,7 +80,8 @@ def test_overoptimization_recipe_runs_in_smoke_size(smoke_sft, smoke_runs, capsy
     for name, entry in results["proxies"].items():
         bon, ppo = entry["methods"]["best-of-n"], entry["methods"]["ppo"]
         assert [p["n"] for p in bon["points"]] == [1, 2, 4]
-        assert [p["kl"] for p in bon["points"]] == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+        assert [p["kl_bound"] for p in bon["points"]] == pytest.approx([0.0, math.log(2) - 0.5, math.log(4) - 0.75])
+        assert bon["points"][0]["kl"] == 0.0 and all(0 <= p["kl"] <= p["kl_bound"] + 1e-12 for p in bon["points"])
         proxies = [p["proxy"] for p in bon["points"]]
         assert proxies == sorted(proxies)  # best of more samples never scores lower on the proxy that chose
         assert [p["step"] for p in ppo["points"]] == [0, 1, 2]
@@ -93,8 +104,8 @@ def test_overoptimization_without_the_parent_sft_run_names_the_command(tmp_path,
     assert len(err.splitlines()) == 1 and "rlhf-lab run recipes/tinyworld" in err, err
 
 
-def test_overoptimization_killed_at_a_random_moment_resumes_to_the_same_results(smoke_sft, smoke_runs):
-    """After the test above: the experiment SIGKILLs itself inside a random one of its proxy and PPO runs, at a
+def test_overoptimization_killed_at_a_random_step_resumes_to_the_same_results(overopt_smoke, smoke_sft, smoke_runs):
+    """The experiment SIGKILLs itself inside a random one of its proxy and PPO runs, at a
     random step (recipes/kill_switch.py); --resume keeps the finished runs, continues the interrupted one and
     ends with the same results."""
     import os

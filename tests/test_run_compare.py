@@ -91,6 +91,11 @@ def test_set_overrides_one_key_and_seeds_repeat_the_alignment_stages(first_run, 
     per_seed = [float(r["gold_reward"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
     assert float(mean["gold_reward"]) == pytest.approx(sum(per_seed) / 2)
     assert float(mean["gold_reward_low"]) <= float(mean["gold_reward"]) <= float(mean["gold_reward_high"])
+    from recipes.statistics import seed_interval
+
+    gains = [float(r["gold_gain"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
+    assert (float(mean["gold_gain_low"]), float(mean["gold_gain_high"])) == pytest.approx(seed_interval(gains)[1:])
+    assert "Ranking stability over 2 seeds: Kendall's W = " in (runs / "smoke" / "compare" / "compare.md").read_text()
 
 
 def test_jobs_runs_the_alignment_stages_side_by_side_in_processes_of_their_own(first_run, capsys):
@@ -117,11 +122,12 @@ def test_compare_holds_a_row_per_method_with_every_column_and_real_plots(first_r
     shutil.rmtree(runs / "smoke" / "compare")
     assert rlhf_lab(["compare", str(runs / "smoke")]) == 0
     out = capsys.readouterr().out
-    assert "| method | seed | gold |" in out
+    assert "| method | seed | loss | gold | gain vs SFT | win vs SFT |" in out
     compare = runs / "smoke" / "compare"
     with open(compare / "compare.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    columns = ["gold_reward", "gold_reward_low", "gold_reward_high", "win_rate", "proxy_reward", "kl", "length",
+    columns = ["gold_reward", "gold_reward_low", "gold_reward_high", "gold_gain", "gold_gain_low", "gold_gain_high",
+               "win_rate", "win_rate_low", "win_rate_high", "proxy_reward", "kl", "length",
                "gold/chat", "gold/math", "gold/safety", "gold/stories", "gold/words", "math_accuracy",
                "harmful_compliance", "over_refusal", "wall_time_s", "tokens_generated"]
     assert set(columns) <= set(rows[0])
@@ -134,8 +140,18 @@ def test_compare_holds_a_row_per_method_with_every_column_and_real_plots(first_r
         sampled = row["method"] in ("grpo", "rloo", "ppo", "best-of-n")  # smoke DPO/KTO train on the world's pairs
         assert (int(float(row["tokens_generated"])) > 0) == sampled, row["method"]
         assert 0.0 <= float(row["win_rate"]) <= 1.0
+        assert float(row["gold_gain_low"]) <= float(row["gold_gain"]) <= float(row["gold_gain_high"])
+        assert float(row["gold_gain"]) == pytest.approx(float(row["gold_reward"]) - float(seed0[0]["gold_reward"]))
+    assert {r["method"]: r["loss"] for r in seed0 if r["loss"]} == {"dpo": "sigmoid", "kto": "kto", "grpo": "grpo"}
     md = (compare / "compare.md").read_text()
     assert all(f"| {m} | 0 |" in md for m in ["sft"] + METHODS)
+    assert "95% paired bootstrap interval" in md and "Holm's correction over the 21 pairs" in md
+    with open(compare / "pairwise.csv", newline="") as f:
+        pairs = [p for p in csv.DictReader(f) if p["seed"] == "0"]  # (an earlier test may have added seed 1)
+    assert len(pairs) == 21  # SFT and six methods, every pair once
+    for pair in pairs:
+        assert float(pair["low"]) <= float(pair["difference"]) <= float(pair["high"])
+        assert (pair["significant"] == "True") <= (float(pair["low"]) > 0 or float(pair["high"]) < 0)
 
     import matplotlib.image
 
