@@ -12,11 +12,11 @@ the best-of-n alignment policy"), reached only when no answer carries noticeable
 answers repeat, and then the true KL is lower. Recorded: `kl_bound` (the bound) and `kl`, an estimate
 from the candidates and the SFT model's log-probabilities (`estimated_kl`): the exact KL of best-of-n on
 a distribution that puts on every answer drawn twice or more its exact SFT probability and spreads the
-rest of the mass evenly over the n draws. It equals the exact KL when the draws cover a small categorical
-distribution, the bound when no two draws coincide, and never exceeds the bound. No k3 estimate is
+rest of the mass evenly over the draws seen once. It equals the exact KL when the draws cover a small
+categorical distribution, the bound when no two draws coincide, and never exceeds the bound. No k3 estimate is
 written (there are no policy log-probabilities to take it from). Besides the evaluation's metrics:
-`best_proxy_reward` (mean proxy, less `missing_eos_penalty`, of the chosen answers: what the choice
-maximised, from the pass that chose them), `sft_<metric>`
+`best_proxy_reward` (mean proxy of the chosen answers, from the pass that chose them; the choice itself
+maximised the proxy less `missing_eos_penalty` for an answer cut off before its end of turn), `sft_<metric>`
 (the SFT baseline), `tokens_generated` (all n candidates).
 
 model/ holds what "the best-of-n policy" is: the SFT model (from_pretrained-loadable, with its
@@ -93,20 +93,23 @@ def best_of_n_kl(levels: list[tuple[float, float, bool]], n: int) -> float:
     return kl
 
 
-def estimated_kl(candidates: list[tuple], log_probs: list[float], rewards: list[float]) -> float:
+def estimated_kl(candidates: list[tuple], log_probs: list[float | None], rewards: list[float]) -> float:
     """KL(best-of-n || SFT) for one prompt from its n candidates: each answer's token ids, its SFT log-probability
-    and its proxy reward. An answer drawn twice or more is an atom with its exact SFT probability; the mass left
-    is spread evenly over the n draws at their rewards (`best_of_n_kl`)."""
+    (only read for answers drawn twice or more; None elsewhere is fine) and the reward it was chosen by. An
+    answer drawn twice or more is an atom with its exact SFT probability; the mass left is spread evenly over
+    the draws seen once, at their rewards (`best_of_n_kl`)."""
     n = len(candidates)
     counts: dict[tuple, int] = {}
     first: dict[tuple, int] = {}
     for k, ids in enumerate(candidates):
         counts[ids] = counts.get(ids, 0) + 1
         first.setdefault(ids, k)
-    atoms = {ids: math.exp(log_probs[k]) for ids, k in first.items() if counts[ids] > 1}
+    atoms = {ids: math.exp(log_probs[first[ids]]) for ids in first if counts[ids] > 1}
     rest = max(0.0, 1.0 - sum(atoms.values()))
+    # The rest of the mass is what the draws seen once stand for (all draws, if every answer repeated)
+    spread = [k for k, ids in enumerate(candidates) if counts[ids] == 1] or list(range(n))
     levels = [(rewards[first[ids]], mass, True) for ids, mass in atoms.items()]
-    levels += [(rewards[k], rest / n, False) for k in range(n)]
+    levels += [(rewards[k], rest / len(spread), False) for k in spread]
     return best_of_n_kl(levels, n)
 
 
@@ -116,7 +119,9 @@ def best_of(scores: list[list[float]]) -> list[int]:
 
 
 def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_penalty: float | None = None):
-    """(chosen answers, proxy scores [prompt][sample], chosen index per prompt, all samples [sample][prompt])."""
+    """(chosen answers, proxy scores [slot][candidate], the scores the choice maximised (proxy less
+    `missing_eos_penalty` for a cut-off answer) [slot][candidate], chosen index per slot, all candidates
+    [candidate][slot])."""
     from recipes.generation import generate_answers
     from recipes.kill_switch import kill_if_asked
     from recipes.progress import step_bar
@@ -132,11 +137,12 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_pe
         bar.update()
     bar.close()
     proxy = [score(reward_model, evaluator.tokenizer, evaluator.prompts, [a.text for a in answers],
-                   ended=[a.ended for a in answers], batch_size=evaluator.batch_size,
-                   missing_eos_penalty=missing_eos_penalty) for answers in samples]
+                   ended=[a.ended for a in answers], batch_size=evaluator.batch_size) for answers in samples]
     per_prompt = [list(column) for column in zip(*proxy)]
-    chosen = best_of(per_prompt)
-    return [samples[k][i] for i, k in enumerate(chosen)], per_prompt, chosen, samples
+    chosen_by = [[s - (missing_eos_penalty or 0.0) * (not samples[k][i].ended) for k, s in enumerate(row)]
+                 for i, row in enumerate(per_prompt)]
+    chosen = best_of(chosen_by)
+    return [samples[k][i] for i, k in enumerate(chosen)], per_prompt, chosen_by, chosen, samples
 
 
 def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
@@ -180,9 +186,11 @@ def main(config: BestOfNConfig) -> dict:
     sft_model, tokenizer = load_policy(parents.sft_dir)
     reward_model = load_reward_model(parents.reward_dir)
     evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
-    answers, proxy, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed,
-                                                        config.missing_eos_penalty)
-    kl = candidates_kl(evaluator, samples, proxy)
+    answers, proxy, chosen_by, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed,
+                                                                   config.missing_eos_penalty)
+    kl = candidates_kl(sft_model, evaluator.prompt_ids, samples, chosen_by, config.n,
+                       temperature=evaluator.temperature, batch_size=evaluator.batch_size,
+                       pad_token_id=tokenizer.pad_token_id)
 
     metrics, rows = evaluator.evaluate_answers(answers, kl=(kl, None))
     for row, scores, k in zip(rows, proxy, chosen):
@@ -190,7 +198,7 @@ def main(config: BestOfNConfig) -> dict:
     metrics.update({
         "kl_bound": bound,
         "n": config.n,
-        "best_proxy_reward": sum(max(s) for s in proxy) / len(proxy),  # same scoring pass as the choice
+        "best_proxy_reward": sum(s[k] for s, k in zip(proxy, chosen)) / len(proxy),  # the scoring pass that chose
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
         "tokens_generated": sum(a.num_tokens for answers_k in samples for a in answers_k),
     })
@@ -217,18 +225,20 @@ def main(config: BestOfNConfig) -> dict:
     return metrics
 
 
-def candidates_kl(evaluator, samples, proxy) -> float:
-    """Mean over the evaluation's answer slots of `estimated_kl` from that slot's n candidates."""
+def candidates_kl(sft_model, prompt_ids, samples, rewards, n: int, *, temperature: float = 1.0,
+                  batch_size: int = 32, pad_token_id: int = 0) -> float:
+    """Mean over answer slots of `estimated_kl` from the slot's first n candidates (`samples[k][slot]`, chosen by
+    `rewards[slot][k]`). Only answers drawn twice or more in a slot need their SFT log-probability: those are
+    the ones scored."""
     from alignment.evaluate import answer_logprobs
 
-    options = dict(temperature=evaluator.temperature, batch_size=evaluator.batch_size,
-                   pad_token_id=evaluator.tokenizer.pad_token_id)
-    log_probs = [[float(lp.double().sum()) for lp in answer_logprobs(evaluator.sft_model, evaluator.prompt_ids,
-                                                                     [a.token_ids for a in answers], **options)]
-                 for answers in samples]  # [candidate][slot]
-    return sum(estimated_kl([tuple(samples[k][i].token_ids) for k in range(len(samples))],
-                            [log_probs[k][i] for k in range(len(samples))], proxy[i])
-               for i in range(len(proxy))) / len(proxy)
+    slots = range(len(prompt_ids))
+    ids = [[tuple(samples[k][i].token_ids) for k in range(n)] for i in slots]
+    repeated = [(i, k) for i in slots for k in range(n) if ids[i].count(ids[i][k]) > 1 and ids[i].index(ids[i][k]) == k]
+    scored = answer_logprobs(sft_model, [prompt_ids[i] for i, _ in repeated], [list(ids[i][k]) for i, k in repeated],
+                             temperature=temperature, batch_size=batch_size, pad_token_id=pad_token_id)
+    log_probs = {(i, k): float(lp.double().sum()) for (i, k), lp in zip(repeated, scored)}
+    return sum(estimated_kl(ids[i], [log_probs.get((i, k)) for k in range(n)], rewards[i][:n]) for i in slots) / len(slots)
 
 
 def parse(argv: list[str]):

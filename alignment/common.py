@@ -47,8 +47,9 @@ class AlignArguments(LoraArguments):
     # The one end-of-turn rule for every method that optimises or selects by the proxy (reward.evaluate.score).
     missing_eos_penalty: float | None = dataclasses.field(
         default=MISSING_EOS_PENALTY, metadata={"help": "Subtracted from the proxy's score of an answer that never "
-                                               "ends its turn (training reward, best-of-n's choice, DPO/KTO's "
-                                               "pair ranking); null: none."})
+                                               "ends its turn, in the reward PPO, GRPO and RLOO train on and in "
+                                               "best-of-n's choice (DPO/KTO's sampled pairs hold only answers "
+                                               "that ended); null: none."})
     eval_num_prompts: int = 100
     eval_samples_per_prompt: int = dataclasses.field(
         default=1, metadata={"help": "Answers sampled per evaluation prompt, from the policy and from the SFT "
@@ -58,6 +59,10 @@ class AlignArguments(LoraArguments):
     eval_top_p: float = 1.0
     eval_generation_batch_size: int = 32
     eval_every: int = dataclasses.field(default=50, metadata={"help": "Evaluate every this many training steps."})
+    eval_at_start: bool = dataclasses.field(
+        default=True, metadata={"help": "Also evaluate the policy before training (the SFT model, sampled from the "
+                                "policy's own stream): the training curves' first point. The final evaluation "
+                                "always runs."})
     run_name: str | None = dataclasses.field(
         default=None, metadata={"help": "The run's directory under <runs_root>/<recipe>/. Default: align-<method>; "
                                 "`rlhf-lab run --seeds` uses align-<method>-seed<k> for the extra seeds."})

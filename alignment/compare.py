@@ -190,17 +190,20 @@ def pairwise(runs: list[Run]) -> list[dict]:
         scored = [r for r in runs if r.seed == seed and r.per_prompt]
         if not scored:
             continue
-        base = scored[0].per_prompt
-        entries = [("sft", base["sft_gold"], base["prompts"])] + [(r.method, r.per_prompt["gold"], r.per_prompt["prompts"])
-                                                                 for r in scored]
         pairs = []
-        for i, (a, gold_a, prompts_a) in enumerate(entries):
-            for b, gold_b, prompts_b in entries[i + 1:]:
-                if prompts_a != prompts_b:
-                    continue  # evaluated on other prompts: no pairing
-                d = paired_difference(gold_a, gold_b, seed=seed)
-                pairs.append({"seed": seed, "first": a, "second": b, "difference": d.mean, "low": d.low,
-                              "high": d.high, "p_value": d.p_value, "prompts": len(gold_a)})
+
+        def add(a, b, gold_a, gold_b):
+            d = paired_difference(gold_a, gold_b, seed=seed)
+            pairs.append({"seed": seed, "first": a, "second": b, "difference": d.mean, "low": d.low, "high": d.high,
+                          "p_value": d.p_value, "prompts": len(gold_a)})
+
+        for r in scored:  # against the SFT baseline the run itself was evaluated with
+            add(BASELINE, r.method, r.per_prompt["sft_gold"], r.per_prompt["gold"])
+        for i, r in enumerate(scored):
+            for other in scored[i + 1:]:
+                if r.per_prompt["prompts"] == other.per_prompt["prompts"] \
+                        and r.per_prompt["samples_per_prompt"] == other.per_prompt["samples_per_prompt"]:
+                    add(r.method, other.method, r.per_prompt["gold"], other.per_prompt["gold"])
         for pair, significant in zip(pairs, holm([p["p_value"] for p in pairs])):
             pair["significant"] = significant
         out += pairs

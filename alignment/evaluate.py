@@ -19,7 +19,7 @@ prompt, for any policy:
     end_of_turn_rate, gold/<family>, math_accuracy, harmful_compliance, over_refusal  (recipes.gold_eval)
 
 `Evaluator.evaluate(policy)` samples and scores; `Evaluator.evaluate_answers(answers, kl=...)`
-scores answers chosen another way (best-of-n, whose KL is known in closed form). `write` puts the
+scores answers chosen another way (best-of-n, whose KL is estimated from its candidates). `write` puts the
 metrics into TensorBoard under `gold_eval/` and the prompt/answer/gold/proxy rows as text;
 `EvaluationCallback` does both inside a transformers/TRL trainer every `eval_every` steps.
 """
@@ -201,8 +201,9 @@ class EvaluationCallback(TrainerCallback):
     `history` keeps (step, metrics) of every evaluation; `latest` the last metrics.
     """
 
-    def __init__(self, evaluator: Evaluator, *, eval_every: int, fallback_tb_dir=None):
+    def __init__(self, evaluator: Evaluator, *, eval_every: int, fallback_tb_dir=None, at_start: bool = True):
         self.evaluator, self.eval_every, self.fallback_tb_dir = evaluator, eval_every, fallback_tb_dir
+        self.at_start = at_start
         self.history: list[tuple[int, dict]] = []
         self.trainer = None
         self._own_writer = None
@@ -244,7 +245,8 @@ class EvaluationCallback(TrainerCallback):
               + (f"  proxy {metrics['proxy_reward']:+.3f}" if "proxy_reward" in metrics else ""))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._run(args, state, model)
+        if self.at_start:
+            self._run(args, state, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.eval_every and state.global_step % self.eval_every == 0:

@@ -167,8 +167,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         sampled_pairs, sampled = proxy_ranked_pairs(
             reference, reward_model, tokenizer, prompts, samples_per_prompt=config.sft_samples_per_prompt,
             max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.sft_sample_temperature,
-            batch_size=config.eval_generation_batch_size, seed=config.seed, policy_weights=weights_hash(parents.sft_dir),
-            missing_eos_penalty=config.missing_eos_penalty)
+            batch_size=config.eval_generation_batch_size, seed=config.seed, policy_weights=weights_hash(parents.sft_dir))
         if len(sampled_pairs) == 0:
             raise UserError(f"key 'sft_sample_pairs': no prompt got two distinct finished SFT answers out of "
                             f"{config.sft_samples_per_prompt}; raise sft_sample_max_new_tokens or sft_samples_per_prompt")
@@ -198,7 +197,8 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     except ValueError as err:  # e.g. LoRA target modules that match nothing, a loss that needs other keys
         where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
         raise UserError(where + str(err).splitlines()[0]) from None
-    callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir)
+    callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir,
+                                  at_start=config.eval_at_start)
     callback.attach(trainer)
     attach_progress(trainer, run_dir.stage)
 

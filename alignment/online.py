@@ -231,7 +231,8 @@ def run_online(config, method: str, trainer_class) -> dict:
     except ValueError as err:  # e.g. LoRA target modules that match nothing
         where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
         raise UserError(where + str(err).splitlines()[0]) from None
-    evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir).attach(trainer)
+    evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir,
+                                    at_start=config.eval_at_start).attach(trainer)
     attach_progress(trainer, run.stage)
 
     guarded_train(trainer, run.resume_checkpoint(config.resume))

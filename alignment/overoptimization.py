@@ -3,7 +3,8 @@
 Proxy reward models are trained from the same SFT model on fewer or noisier labels (the reward stage
 with `max_train_pairs` and `label_flip_rate`), then each is optimised against:
 - best-of-n: n answers sampled from the SFT model per held-out prompt, the proxy's favourite kept,
-  for growing n (one pool of samples, the first n of it), at KL = log n - (n-1)/n;
+  for growing n (one pool of samples, the first n of it), at its KL estimated from the candidates
+  (`best_of_n.estimated_kl`, at most log n - (n-1)/n);
 - PPO with little or no KL penalty, evaluated every few rollouts, so its KL to the SFT model grows.
 Gold and proxy reward are plotted against d = sqrt(KL), and Gao's functional forms are fitted to the
 gold reward's gain over the SFT model: best-of-n R(d) = d (alpha - beta d), RL R(d) = d (alpha - beta log d).
@@ -121,13 +122,13 @@ def gao_curve(d, alpha: float, beta: float, method: str):
 
 
 def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: OveroptimizationConfig) -> dict[str, list[dict]]:
-    """{proxy: [{n, kl, kl_bound, gold, proxy}, ...]}: one pool of max(n) samples per prompt, the first n of it;
+    """{proxy: [{n, kl, kl_bound, gold, proxy, selected}, ...]}: one pool of max(n) samples per prompt, the first n
+    of it; selected is the proxy less missing_eos_penalty for a cut-off answer, what the choice maximised;
     kl is best-of-n's estimate from the candidates and the SFT model's log-probabilities (best_of_n.estimated_kl)."""
     import numpy as np
 
-    from alignment.best_of_n import best_of, estimated_kl, kl_bound
+    from alignment.best_of_n import best_of, candidates_kl, kl_bound
     from alignment.common import MISSING_EOS_PENALTY, load_policy, load_reward_model
-    from alignment.evaluate import answer_logprobs
     from recipes.data import load_prompts
     from recipes.generation import generate_answers, render_prompts
     from recipes.seeds import stream_seed
@@ -142,24 +143,23 @@ def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: Overoptimi
             for k in range(max(config.best_of_n))]
     gold = np.array([[gold_reward(p, a.text, ended=a.ended).total for p, a in zip(prompts, answers)] for answers in pool])
     prompt_ids = render_prompts(tokenizer, prompts)
-    log_probs = np.array([[float(lp.double().sum()) for lp in answer_logprobs(
-        policy, prompt_ids, [a.token_ids for a in answers], batch_size=config.eval_generation_batch_size,
-        pad_token_id=tokenizer.pad_token_id)] for answers in pool])  # [candidate, prompt]
     curves = {}
     for name, reward_dir in proxies.items():
         reward_model = load_reward_model(reward_dir)
         proxy = np.array([score(reward_model, tokenizer, prompts, [a.text for a in answers],
-                                ended=[a.ended for a in answers], missing_eos_penalty=MISSING_EOS_PENALTY)
-                          for answers in pool])
+                                ended=[a.ended for a in answers]) for answers in pool])  # [candidate, prompt]
+        cut = np.array([[not a.ended for a in answers] for answers in pool])
+        chosen_by = proxy - MISSING_EOS_PENALTY * cut  # the one end-of-turn rule; the proxy is reported plain
         points = []
         for n in sorted(set(config.best_of_n)):
-            chosen = best_of(proxy[:n].T.tolist())  # per prompt, the index of the proxy's favourite
+            chosen = best_of(chosen_by[:n].T.tolist())  # per prompt, the index of the proxy's favourite
             rows = range(len(prompts))
-            kl = np.mean([estimated_kl([tuple(pool[k][i].token_ids) for k in range(n)], log_probs[:n, i].tolist(),
-                                       proxy[:n, i].tolist()) for i in rows])
-            points.append({"n": n, "kl": float(kl), "kl_bound": kl_bound(n),
+            kl = candidates_kl(policy, prompt_ids, pool, chosen_by.T.tolist(), n,
+                               batch_size=config.eval_generation_batch_size, pad_token_id=tokenizer.pad_token_id)
+            points.append({"n": n, "kl": kl, "kl_bound": kl_bound(n),
                            "gold": float(np.mean([gold[chosen[i], i] for i in rows])),
-                           "proxy": float(np.mean([proxy[chosen[i], i] for i in rows]))})
+                           "proxy": float(np.mean([proxy[chosen[i], i] for i in rows])),
+                           "selected": float(np.mean([chosen_by[chosen[i], i] for i in rows]))})
         curves[name] = points
     return curves
 

@@ -11,7 +11,9 @@ the loop of InstructGPT-style PPO. Each rollout:
    reference's log-probabilities of the answer tokens at the sampling temperature, and the value
    model's value before each answer token, with `PPOTrainer.forward_answers`: the one forward pass
    the update uses too, in the training precision (the accelerator's autocast under bf16/fp16), so
-   the update's first minibatch sees a ratio of exactly 1 (logged: `first_minibatch_ratio_deviation`);
+   the update's first minibatch sees a ratio of 1 (logged: `first_minibatch_ratio_deviation`; exactly 1
+   on CPU, measured; on a GPU, kernels chosen per batch size may leave rounding, since the rollout runs
+   in chunks of local_rollout_forward_batch_size and the update in micro-batches);
 3. scores each answer with the reward model exactly as `reward.score` does (chat template, score at
    the last token), minus `missing_eos_penalty` for an answer that never ended its turn;
 4. rewards per token = -kl_coef * KL estimate on every answer token, + the score on the last one;
@@ -346,7 +348,7 @@ class PPOTrainer(_BaseTrainer):
         done = self.load_checkpoint() if resume else 0
         self.state.max_steps, self.state.global_step = self.num_rollouts, done
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
-        if done == 0:
+        if done == 0 and getattr(args, "eval_at_start", True):
             self.evaluate_policy(0)
         started = time.time()
         for rollout in range(done, self.num_rollouts):

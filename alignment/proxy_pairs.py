@@ -17,8 +17,7 @@ from __future__ import annotations
 
 
 def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_prompt: int, max_new_tokens: int,
-                       temperature: float = 1.0, batch_size: int = 32, seed: int = 0, policy_weights: str | None = None,
-                       missing_eos_penalty: float | None = None):
+                       temperature: float = 1.0, batch_size: int = 32, seed: int = 0, policy_weights: str | None = None):
     """(pairs, counts): a datasets.Dataset of conversational prompt/chosen/rejected, best and worst of
     `samples_per_prompt` sampled answers by proxy score, and the numbers for the manifest.
 
@@ -40,8 +39,8 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
 
     rounds = cached_samples(sample, policy_weights, prompts, samples_per_prompt=samples_per_prompt,
                             max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed)
-    scores = [score(reward_model, tokenizer, prompts, [a.text for a in answers], ended=[a.ended for a in answers],
-                    batch_size=batch_size, missing_eos_penalty=missing_eos_penalty) for answers in rounds]
+    scores = [score(reward_model, tokenizer, prompts, [a.text for a in answers], batch_size=batch_size)
+              for answers in rounds]
 
     columns = {"prompt": [], "chosen": [], "rejected": []}
     margins, gold_order = [], []

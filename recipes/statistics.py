@@ -58,10 +58,10 @@ def paired_difference(a, b, *, resamples: int = RESAMPLES, level: float = 0.95, 
 
 def holm(p_values: list[float], level: float = 0.05) -> list[bool]:
     """Holm's step-down rejections at family-wise error `level` (many pairs of methods tested at once)."""
-    order = np.argsort(p_values)
-    reject = [False] * len(p_values)
-    for rank, i in enumerate(order):
-        if p_values[i] > level / (len(p_values) - rank):
+    p = np.nan_to_num(np.asarray(p_values, dtype=float), nan=1.0)  # no p-value rejects nothing
+    reject = [False] * len(p)
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        if p[i] > level / (len(p) - rank):
             break
         reject[i] = True
     return reject

@@ -149,8 +149,8 @@ def score(model, tokenizer, prompts, answers, *, ended=None, batch_size: int = 3
 
     `ended[i] = False` marks an answer cut off before its end of turn. Rows longer than
     `max_length` (default: the model's context) keep their last tokens, where the score is read.
-    `missing_eos_penalty` is subtracted from a cut-off answer's score: the one end-of-turn rule of every
-    method that optimises or selects by the proxy (PPO, GRPO, RLOO, best-of-n, DPO/KTO's pair ranking).
+    `missing_eos_penalty` is subtracted from a cut-off answer's score: the end-of-turn rule of the online
+    methods' training reward (PPO applies the same in alignment/ppo_core.py).
     """
     ended = [True] * len(answers) if ended is None else list(ended)
     limit = max_length or getattr(model.config, "max_position_embeddings", None)
