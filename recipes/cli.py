@@ -69,7 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         quiet_dependencies()
     try:
         module = importlib.import_module(COMMANDS[command][0])
-        return int(module.cli(rest) or 0)
+        code = int(module.cli(rest) or 0)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from recipes.distributed import end_processes
+
+            end_processes()
+        return code
     except UserError as err:
         print(f"rlhf-lab {command}: error: {err}", file=sys.stderr)
         return 2
