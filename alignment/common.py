@@ -52,8 +52,13 @@ class AlignArguments(LoraArguments):
                                                "that ended); null: none."})
     eval_num_prompts: int = 100
     eval_samples_per_prompt: int = dataclasses.field(
-        default=1, metadata={"help": "Answers sampled per evaluation prompt, from the policy and from the SFT "
-                             "baseline alike: more answers narrow the paired interval of the gain over SFT."})
+        default=1, metadata={"help": "Answers sampled from the policy per evaluation prompt: more answers narrow "
+                             "the paired interval of the gain over SFT."})
+    eval_sft_samples_per_prompt: int | None = dataclasses.field(
+        default=None, metadata={"help": "Answers sampled from the SFT model per evaluation prompt for the baseline "
+                                "(default: eval_samples_per_prompt). The baseline is sampled once per recipe and "
+                                "shared by every method, so more answers here narrow every gain's interval at a "
+                                "one-off cost."})
     eval_max_new_tokens: int = 64
     eval_temperature: float = 1.0
     eval_top_p: float = 1.0
@@ -136,7 +141,8 @@ def build_evaluator(config, sft_model, tokenizer, reward_model=None, sft_dir: Pa
                      sft_weights=weights_hash(sft_dir) if sft_dir is not None else None,
                      max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
                      top_p=config.eval_top_p, batch_size=config.eval_generation_batch_size, seed=config.seed,
-                     samples_per_prompt=config.eval_samples_per_prompt)
+                     samples_per_prompt=config.eval_samples_per_prompt,
+                     baseline_samples_per_prompt=config.eval_sft_samples_per_prompt)
 
 
 def causal_lm_peft_config(config):

@@ -253,8 +253,10 @@ def caption(runs: list[Run], pairs: list[dict]) -> str:
         return ""
     median = float(np.median(half))
     k = first["samples_per_prompt"]
-    return (f"Evaluation: {len(first['gold'])} held-out prompts x {k} answer{'s' if k > 1 else ''} each, "
-            f"for every method and for the SFT baseline (drawn apart). Gain vs SFT: mean of per-prompt differences "
+    k_sft = first.get("baseline_samples_per_prompt", k)
+    return (f"Evaluation: {len(first['gold'])} held-out prompts, {k} answer{'s' if k > 1 else ''} to each from every "
+            f"method and {k_sft} from the SFT baseline (its own draws, shared by the methods). Win vs SFT: share of "
+            f"(method answer, SFT answer) pairs won on gold, ties half. Gain vs SFT: mean of per-prompt differences "
             f"in gold, 95% paired bootstrap interval (median half-width {median:.3f}); a gain smaller than about "
             f"{2.8 * median / 1.96:.3f} is detected with less than 80% power.")
 

@@ -1,15 +1,15 @@
 """One evaluation for every alignment method, so their numbers can be compared honestly.
 
 On the same held-out prompts, with the same sampling settings, `samples_per_prompt` answers to each
-prompt, for any policy:
+prompt, for any policy, against `baseline_samples_per_prompt` answers of the SFT model to each:
 
     gold_reward, gold_reward_low, gold_reward_high   mean gold total and its 95% bootstrap interval
                          (prompts resampled: a prompt's answers stay together)
     gold_gain, gold_gain_low, gold_gain_high   the gain over the SFT model's answers to the same prompts:
                          the mean of per-prompt differences, with a paired bootstrap interval
-    win_rate, win_rate_low, win_rate_high   share of (prompt, sample) pairs where the policy's answer beats
-                         the SFT model's j-th answer to that prompt on gold (ties count half), with its
-                         interval over prompts; the SFT answers are sampled once, from a stream of their
+    win_rate, win_rate_low, win_rate_high   share of (policy answer, SFT answer) pairs to the same prompt,
+                         every such pair, where the policy's answer is better on gold (ties count half), with
+                         its interval over prompts; the SFT answers are sampled once, from a stream of their
                          own, independent of every policy's (recipes/seeds.py)
     tie_rate, win_rate_decided   share of pairs tied on gold, and the win rate among the others
     proxy_reward         mean score of the trained reward model
@@ -43,23 +43,32 @@ from recipes.tracking import markdown_table
 TB_PREFIX = "gold_eval"
 
 
+def pairwise_outcomes(policy_gold, baseline_gold) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, over every pair of one policy answer and one baseline answer: (share won, a tie counting
+    half; share tied). Arrays are (answers, prompts), any number of answers on each side; 1-D means one
+    answer per prompt. All pairs, not answer j against answer j: the baseline may have more answers."""
+    policy = np.atleast_2d(np.asarray(policy_gold, dtype=float))[:, None, :]  # (k_policy, 1, prompts)
+    baseline = np.atleast_2d(np.asarray(baseline_gold, dtype=float))[None, :, :]  # (1, k_baseline, prompts)
+    ties = (policy == baseline).mean(axis=(0, 1))
+    return (policy > baseline).mean(axis=(0, 1)) + 0.5 * ties, ties
+
+
 def win_rate(policy_gold, baseline_gold) -> float:
-    """Share of paired prompts the policy wins on gold; a tie counts half."""
-    policy_gold, baseline_gold = np.asarray(policy_gold), np.asarray(baseline_gold)
-    return float(((policy_gold > baseline_gold) + 0.5 * (policy_gold == baseline_gold)).mean())
+    """Share of (policy answer, baseline answer) pairs to the same prompt that the policy wins on gold; a tie
+    counts half."""
+    return float(pairwise_outcomes(policy_gold, baseline_gold)[0].mean())
 
 
 def ties_and_decided_wins(policy_gold, baseline_gold) -> tuple[float, float]:
-    """(share of prompts tied on gold, share won among the rest; nan when every prompt ties).
+    """(share of pairs tied on gold, share won among the rest; nan when every pair ties).
 
     Where the baseline already earns gold's maximum a policy can only tie, so the tie share caps the
     win rate at 1 - tie_rate / 2; the decided win rate says how the policy does where it can win.
     """
-    policy_gold, baseline_gold = np.asarray(policy_gold), np.asarray(baseline_gold)
-    tied = policy_gold == baseline_gold
-    decided = int((~tied).sum())
-    wins = float((policy_gold > baseline_gold).sum())
-    return float(tied.mean()), (wins / decided if decided else float("nan"))
+    wins, ties = pairwise_outcomes(policy_gold, baseline_gold)
+    tie_rate = float(ties.mean())
+    strict = float((wins - 0.5 * ties).mean())  # every prompt has as many pairs, so means of shares pool
+    return tie_rate, (strict / (1 - tie_rate) if tie_rate < 1 else float("nan"))
 
 
 def kl_estimates(policy_logprobs: list[torch.Tensor], reference_logprobs: list[torch.Tensor]) -> tuple[float, float]:
@@ -98,24 +107,35 @@ def answer_logprobs(model, prompt_ids: list[list[int]], answer_ids: list[list[in
     return out
 
 
+def by_answer(values, n_prompts: int) -> np.ndarray:
+    """(answers, n_prompts) view of values laid out sample-major: answer j to prompt i at j * n_prompts + i."""
+    return np.asarray(values, dtype=float).reshape(-1, n_prompts)
+
+
 def per_prompt(values, n_prompts: int) -> np.ndarray:
-    """(n_prompts,) means of values laid out sample-major: answer j to prompt i at j * n_prompts + i."""
-    return np.asarray(values, dtype=float).reshape(-1, n_prompts).mean(axis=0)
+    """(n_prompts,) means of values laid out sample-major."""
+    return by_answer(values, n_prompts).mean(axis=0)
 
 
 class Evaluator:
     """Evaluates policies against one SFT model on fixed prompts with fixed sampling settings.
 
-    Every prompt is answered `samples_per_prompt` times; answers are laid out sample-major (`self.prompts`
-    holds the prompts repeated, answer j to prompt i at j * num_prompts + i). The SFT baseline's answers and
+    A policy answers every prompt `samples_per_prompt` times, the SFT baseline `baseline_samples_per_prompt`
+    times (default: as many). Answers are laid out sample-major (`self.prompts` holds the prompts repeated,
+    answer j to prompt i at j * num_prompts + i; `self.sft_prompts` likewise for the baseline). The baseline is
+    sampled once and shared by every method of a recipe, so its answers are the cheap place to add samples: the
+    variance of a per-prompt gain is var(policy)/k_policy + var(SFT)/k_baseline. The SFT baseline's answers and
     each policy's are drawn from separate streams derived from `seed`."""
 
     def __init__(self, sft_model, tokenizer, prompts, *, reward_model=None, max_new_tokens: int = 64,
                  temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
-                 samples_per_prompt: int = 1, sft_weights: str | None = None):
+                 samples_per_prompt: int = 1, baseline_samples_per_prompt: int | None = None,
+                 sft_weights: str | None = None):
         self.sft_model, self.tokenizer, self.reward_model = sft_model, tokenizer, reward_model
         self.num_prompts, self.samples_per_prompt = len(prompts), samples_per_prompt
+        self.baseline_samples_per_prompt = baseline_samples_per_prompt or samples_per_prompt
         self.prompts = list(prompts) * samples_per_prompt
+        self.sft_prompts = list(prompts) * self.baseline_samples_per_prompt
         self.generation = dict(max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
                                top_p=top_p, batch_size=batch_size, seed=stream_seed(seed, "eval/policy"))
         self.batch_size, self.seed, self.temperature = batch_size, seed, temperature
@@ -123,9 +143,10 @@ class Evaluator:
         baseline = {**self.generation, "seed": stream_seed(seed, "eval/sft-baseline")}
         # Every method of a recipe evaluates against the same baseline: with the SFT weights' hash it is
         # sampled once and read from the cache by the other stages (the settings and seed are the key).
-        self.sft_answers = cached_samples(lambda: [generate_answers(sft_model, tokenizer, self.prompts, **baseline)],
-                                          sft_weights, self.prompts, purpose="eval/sft-baseline", **baseline)[0]
-        self.sft_gold = [row["gold"] for row in score_answers(self.prompts, self.sft_answers)]
+        self.sft_answers = cached_samples(
+            lambda: [generate_answers(sft_model, tokenizer, self.sft_prompts, **baseline)],
+            sft_weights, self.sft_prompts, purpose="eval/sft-baseline", **baseline)[0]
+        self.sft_gold = [row["gold"] for row in score_answers(self.sft_prompts, self.sft_answers)]
         self.recorded: dict | None = None  # per-prompt numbers of the last policy evaluated (compare reads them)
 
     def sample(self, policy) -> list[Answer]:
@@ -143,20 +164,25 @@ class Evaluator:
 
     def evaluate_answers(self, answers: list[Answer], *, kl: tuple[float, float | None],
                          record: bool = True) -> tuple[dict[str, float], list[dict]]:
-        """Score answers to `self.prompts` (one each, in order) whose KL to SFT is known; `record` keeps the
-        per-prompt numbers in `self.recorded` (the SFT model's own evaluation does not)."""
-        rows = score_answers(self.prompts, answers)
+        """Score answers laid out as `self.prompts` (or, for the SFT model's own numbers, as `self.sft_prompts`)
+        whose KL to SFT is known; `record` keeps the per-prompt numbers in `self.recorded` (the SFT model's own
+        evaluation does not)."""
+        n = self.num_prompts
+        prompts = self.prompts if len(answers) == len(self.prompts) else self.sft_prompts
+        if len(answers) != len(prompts):
+            raise ValueError(f"expected {len(self.prompts)} answers (or the baseline's {len(self.sft_prompts)}), "
+                             f"got {len(answers)}")
+        rows = score_answers(prompts, answers)
         metrics = summarize(rows)
         gold = [row["gold"] for row in rows]
-        n = self.num_prompts
         gold_by_prompt, sft_by_prompt = per_prompt(gold, n), per_prompt(self.sft_gold, n)
-        wins = per_prompt((np.asarray(gold) > self.sft_gold) + 0.5 * (np.asarray(gold) == self.sft_gold), n)
+        wins, _ = pairwise_outcomes(by_answer(gold, n), by_answer(self.sft_gold, n))
         metrics["gold_reward_low"], metrics["gold_reward_high"] = bootstrap_interval(gold_by_prompt, seed=self.seed)
         gain = paired_difference(gold_by_prompt, sft_by_prompt, seed=self.seed)
         metrics["gold_gain"], metrics["gold_gain_low"], metrics["gold_gain_high"] = gain.mean, gain.low, gain.high
         metrics["win_rate"] = float(wins.mean())
         metrics["win_rate_low"], metrics["win_rate_high"] = bootstrap_interval(wins, seed=self.seed)
-        metrics["tie_rate"], decided = ties_and_decided_wins(gold, self.sft_gold)
+        metrics["tie_rate"], decided = ties_and_decided_wins(by_answer(gold, n), by_answer(self.sft_gold, n))
         if math.isfinite(decided):  # the SFT model against its own answers ties everywhere
             metrics["win_rate_decided"] = decided
         metrics["kl"] = kl[0]
@@ -164,12 +190,14 @@ class Evaluator:
             metrics["kl_k3"] = kl[1]
         if record:
             self.recorded = {"prompts": [p if isinstance(p, str) else json.dumps(p) for p in self.prompts[:n]],
-                             "samples_per_prompt": self.samples_per_prompt, "gold": gold_by_prompt.tolist(),
+                             "samples_per_prompt": self.samples_per_prompt,
+                             "baseline_samples_per_prompt": self.baseline_samples_per_prompt,
+                             "gold": gold_by_prompt.tolist(),
                              "sft_gold": sft_by_prompt.tolist(), "win": wins.tolist()}
         if self.reward_model is not None:
             from reward import score
 
-            proxy = score(self.reward_model, self.tokenizer, self.prompts, [a.text for a in answers],
+            proxy = score(self.reward_model, self.tokenizer, prompts, [a.text for a in answers],
                           ended=[a.ended for a in answers], batch_size=self.batch_size)
             metrics["proxy_reward"] = float(np.mean(proxy))
             for row, value in zip(rows, proxy):
@@ -177,7 +205,8 @@ class Evaluator:
         return metrics, rows
 
     def sft_metrics(self) -> dict[str, float]:
-        """The SFT model's own numbers on its baseline answers (win rate 0.5, KL 0 by definition)."""
+        """The SFT model's own numbers on its baseline answers (gain 0, win rate 0.5 and KL 0 by definition; the
+        tie rate is that of its answers against each other)."""
         metrics, _ = self.evaluate_answers(self.sft_answers, kl=(0.0, 0.0), record=False)
         return metrics
 

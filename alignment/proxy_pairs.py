@@ -83,9 +83,12 @@ def cached_samples(sample, policy_weights: str | None, prompts, **settings):
     """`sample()`'s rounds of answers, from the cache when this policy already sampled these prompts so.
 
     Sampling is seeded and batch-deterministic, so the key (weights, prompts, every setting) decides
-    the answers exactly; the cache lives beside the world data ($RLHF_LAB_CACHE/samples/).
+    the answers exactly; the cache lives beside the world data ($RLHF_LAB_CACHE/samples/). Stages that run
+    side by side and need the same answers (every method's SFT baseline) take turns on an OS lock beside the
+    entry: the first samples, the others wait and read.
     """
     import dataclasses
+    import fcntl
     import hashlib
     import json
 
@@ -99,16 +102,19 @@ def cached_samples(sample, policy_weights: str | None, prompts, **settings):
     key = hashlib.sha256(json.dumps([policy_weights, prompts, settings, "streams"], sort_keys=True,
                                     default=str).encode())
     path = cache_root() / "samples" / f"{key.hexdigest()[:32]}.json"
-    if path.is_file():
-        try:
-            rounds = json.loads(path.read_text(encoding="utf-8"))
-            print(f"reusing {sum(map(len, rounds))} sampled answers from {path}")
-            return [[Answer(**a) for a in answers] for answers in rounds]
-        except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
-            pass  # a damaged cache entry is sampled again and replaced
-    rounds = sample()
-    atomic_write_text(path, json.dumps([[dataclasses.asdict(a) for a in answers] for answers in rounds]))
-    return rounds
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a killed process exits
+        if path.is_file():
+            try:
+                rounds = json.loads(path.read_text(encoding="utf-8"))
+                print(f"reusing {sum(map(len, rounds))} sampled answers from {path}")
+                return [[Answer(**a) for a in answers] for answers in rounds]
+            except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+                pass  # a damaged cache entry is sampled again and replaced
+        rounds = sample()
+        atomic_write_text(path, json.dumps([[dataclasses.asdict(a) for a in answers] for answers in rounds]))
+        return rounds
 
 
 def concatenate_pairs(first, second):

@@ -192,7 +192,8 @@ def _config_path(argv: list[str]) -> Path | None:
 POSITIVE_KEYS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                  "num_train_epochs", "learning_rate", "max_length", "max_prompt_length", "max_completion_length",
                  "num_generations", "steps_per_generation", "response_length", "num_mini_batches", "num_ppo_epochs",
-                 "logging_steps", "eval_samples_per_prompt", "eval_generation_batch_size",
+                 "logging_steps", "eval_samples_per_prompt", "eval_sft_samples_per_prompt",
+                 "eval_generation_batch_size",
                  # sampling divides the logits by the temperature: 0 is a division by zero (greedy is do_sample false)
                  "temperature", "eval_temperature", "sft_sample_temperature")
 NON_NEGATIVE_KEYS = ("warmup_steps", "save_total_limit", "weight_decay", "max_grad_norm", "beta", "kl_coef", "top_k")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from alignment.best_of_n import best_of_n_kl, estimated_kl, kl_bound
-from alignment.evaluate import answer_logprobs, bootstrap_interval, kl_estimates, ties_and_decided_wins, win_rate, write
+from alignment.evaluate import (answer_logprobs, bootstrap_interval, kl_estimates, pairwise_outcomes,
+                                ties_and_decided_wins, win_rate, write)
 from recipes.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,21 @@ def test_win_rate_counts_ties_half():
     assert win_rate([1, 1], [0, 0]) == 1.0
     assert win_rate([0.3, -1, 5, 5], [0.3, -1, 5, 5]) == 0.5
     assert win_rate([2, 2, 2, 0], [1, 2, 3, 3]) == pytest.approx((1 + 0.5) / 4)
+
+
+def test_win_and_tie_shares_count_every_pair_of_answers_to_a_prompt():
+    # prompt 0: the policy answers 1 and 3, the SFT baseline 0, 1, 5: pairs (1,0) win, (1,1) tie, (1,5) loss,
+    # (3,0) win, (3,1) win, (3,5) loss -> (3 + 0.5) / 6 won, 1/6 tied. Prompt 1: policy 2 and 2 against
+    # baseline 2, 2, 2: every pair ties -> 0.5 won, all tied.
+    policy = [[1, 2], [3, 2]]  # (answers, prompts)
+    baseline = [[0, 2], [1, 2], [5, 2]]
+    wins, ties = pairwise_outcomes(policy, baseline)
+    assert wins == pytest.approx([3.5 / 6, 0.5]) and ties == pytest.approx([1 / 6, 1.0])
+    assert win_rate(policy, baseline) == pytest.approx((3.5 / 6 + 0.5) / 2)
+    tie_rate, decided = ties_and_decided_wins(policy, baseline)
+    assert tie_rate == pytest.approx(7 / 12) and decided == pytest.approx(3 / 5)  # 3 wins, 2 losses among the 5 untied pairs
+    # a set of answers against itself: half won whatever the values
+    assert win_rate(baseline, baseline) == pytest.approx(0.5)
 
 
 def test_ties_and_decided_wins():
@@ -187,7 +203,8 @@ def evaluator(smoke_sft, smoke_reward):
     model, tokenizer = load_policy(smoke_sft / "model")
     prompts = load_prompts("world:eval?size=smoke&seed=0", split="test")["prompt"][:8]
     return Evaluator(model, tokenizer, prompts, reward_model=load_reward_model(smoke_reward / "model"),
-                     max_new_tokens=12, temperature=1.0, batch_size=8, seed=0, samples_per_prompt=2)
+                     max_new_tokens=12, temperature=1.0, batch_size=8, seed=0, samples_per_prompt=2,
+                     baseline_samples_per_prompt=3)
 
 
 @pytest.fixture(scope="module")
@@ -204,14 +221,23 @@ def test_the_sft_model_against_itself(evaluator, sft_evaluation):
     assert metrics["tie_rate"] < 1.0 and metrics["gold_gain_low"] <= 0.0 <= metrics["gold_gain_high"]
     assert metrics["gold_gain"] == pytest.approx(metrics["gold_reward"] - evaluator.sft_metrics()["gold_reward"])
     baseline = evaluator.sft_metrics()
-    assert (baseline["win_rate"], baseline["gold_gain"], baseline["tie_rate"]) == (0.5, 0.0, 1.0)
+    assert (baseline["win_rate"], baseline["gold_gain"]) == (0.5, 0.0)
+    sft_gold = np.array(evaluator.sft_gold).reshape(3, 8)  # three baseline answers to each of the 8 prompts
+    assert baseline["tie_rate"] == pytest.approx(np.mean([[sft_gold[a, i] == sft_gold[b, i] for a in range(3)
+                                                            for b in range(3)] for i in range(8)]))
     assert metrics["gold_reward_low"] <= metrics["gold_reward"] <= metrics["gold_reward_high"]
     assert math.isfinite(metrics["proxy_reward"]) and all("proxy" in r for r in rows)
     assert len(rows) == 16 and 1 <= metrics["length"] <= 12  # 8 prompts, 2 answers each
     recorded = evaluator.recorded
-    assert recorded["samples_per_prompt"] == 2 and len(recorded["gold"]) == len(recorded["sft_gold"]) == 8
+    assert recorded["samples_per_prompt"] == 2 and recorded["baseline_samples_per_prompt"] == 3
+    assert len(recorded["gold"]) == len(recorded["sft_gold"]) == len(recorded["win"]) == 8
+    assert len(evaluator.sft_answers) == 24
     by_prompt = [(rows[i]["gold"] + rows[i + 8]["gold"]) / 2 for i in range(8)]  # answer j to prompt i at j*8 + i
     assert recorded["gold"] == pytest.approx(by_prompt)
+    assert recorded["sft_gold"] == pytest.approx(sft_gold.mean(axis=0))
+    won = [np.mean([(rows[i + 8 * a]["gold"] > sft_gold[b, i]) + 0.5 * (rows[i + 8 * a]["gold"] == sft_gold[b, i])
+                    for a in range(2) for b in range(3)]) for i in range(8)]  # all 2 x 3 pairs per prompt
+    assert recorded["win"] == pytest.approx(won) and metrics["win_rate"] == pytest.approx(np.mean(won))
 
 
 def test_the_pretrained_model_is_far_from_sft(evaluator, smoke_pretrain):

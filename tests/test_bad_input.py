@@ -120,6 +120,8 @@ CASES = {
                                    "--temperature", "0"], "key 'temperature' must be positive, got 0.0"),
     "evaluation top_p zero": (["align", "--method", "ppo", "--config", "{smoke}/align-ppo.yaml", "--eval_top_p", "0"],
                               "key 'eval_top_p' must be in (0, 1]"),
+    "no SFT baseline answers": (["align", "--method", "dpo", "--config", "{smoke}/align-dpo.yaml",
+                                 "--eval_sft_samples_per_prompt", "0"], "key 'eval_sft_samples_per_prompt' must be positive"),
     "negative seed": (["pretrain", "--config", "{smoke}/pretrain.yaml", "--seed", "-1"], "key 'seed' must be in [0, 2**32)"),
     "export of a reward model": (["export", "--to", "llama", "{reward}", "{tmp}/exported"],
                                  "holds a GPTForSequenceClassification (model_type 'rlhf_lab_gpt'), expected a causal"),

@@ -146,6 +146,7 @@ def test_compare_holds_a_row_per_method_with_every_column_and_real_plots(first_r
     md = (compare / "compare.md").read_text()
     assert all(f"| {m} | 0 |" in md for m in ["sft"] + METHODS)
     assert "95% paired bootstrap interval" in md and "Holm's correction over the 21 pairs" in md
+    assert "10 held-out prompts, 1 answer to each from every method and 1 from the SFT baseline" in md
     with open(compare / "pairwise.csv", newline="") as f:
         pairs = [p for p in csv.DictReader(f) if p["seed"] == "0"]  # (an earlier test may have added seed 1)
     assert len(pairs) == 21  # SFT and six methods, every pair once
