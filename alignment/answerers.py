@@ -13,9 +13,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from recipes.errors import UserError
-from recipes.model_dirs import check_model_dir
-from recipes.seeds import stream_seed
+from recipes.core.errors import UserError
+from recipes.core.model_dirs import check_model_dir
+from recipes.core.seeds import stream_seed
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class Answerer:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
     def answer(self, prompts: list, *, max_new_tokens: int, temperature: float, seed: int = 0):
-        from recipes.generation import generate_answers
+        from recipes.core.generation import generate_answers
         from reward import score
 
         sampling = dict(do_sample=temperature > 0, temperature=temperature or 1.0)
@@ -101,7 +101,7 @@ def find_reward_model(run_dirs: list[str], explicit: str | None) -> Proxy | None
 
 def scores(prompts: list, answers, proxy_model: Proxy | None) -> list[dict]:
     """Gold total and family of each answer (world prompts), and the proxy's score when there is a reward model."""
-    from recipes.world import gold_reward
+    from recipes.core.world import gold_reward
     from reward import score
 
     proxy = [None] * len(answers) if proxy_model is None else score(

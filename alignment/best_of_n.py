@@ -2,7 +2,7 @@
 
 No training. For each evaluation prompt (and each of its `eval_samples_per_prompt` answer slots), sample
 n candidates from the SFT model (the evaluator's own sampling settings: temperature, top_p,
-max_new_tokens; candidate k from a stream of its own, `recipes.seeds.stream_seed(seed,
+max_new_tokens; candidate k from a stream of its own, `recipes.core.seeds.stream_seed(seed,
 "best-of-n/candidate", k)`, independent of the evaluator's SFT baseline answers) and keep the one the
 proxy reward model scores highest (the first on a tie). The chosen answers go through the one
 evaluation (`alignment.evaluate`), like every trained method's samples.
@@ -33,7 +33,7 @@ import math
 import time
 
 from alignment.common import AlignArguments
-from recipes.config import RunArguments, parse_config
+from recipes.core.config import RunArguments
 
 METHOD = "best-of-n"
 SPEC_FILE = "best_of_n.json"
@@ -46,7 +46,7 @@ class BestOfNConfig(RunArguments, AlignArguments):
 
     n: int = dataclasses.field(default=4, metadata={"help": "Answers sampled per prompt; the proxy's favourite is kept."})
     seed: int = dataclasses.field(
-        default=0, metadata={"help": "Seeds the candidates' streams and the evaluation's (recipes/seeds.py)."})
+        default=0, metadata={"help": "Seeds the candidates' streams and the evaluation's (recipes/core/seeds.py)."})
 
     def __post_init__(self):
         if self.n <= 0:
@@ -122,10 +122,10 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_pe
     """(chosen answers, proxy scores [slot][candidate], the scores the choice maximised (proxy less
     `missing_eos_penalty` for a cut-off answer) [slot][candidate], chosen index per slot, all candidates
     [candidate][slot])."""
-    from recipes.generation import generate_answers
-    from recipes.kill_switch import kill_if_asked
-    from recipes.progress import step_bar
-    from recipes.seeds import stream_seed
+    from recipes.core.generation import generate_answers
+    from recipes.core.kill_switch import kill_if_asked
+    from recipes.core.progress import step_bar
+    from recipes.core.seeds import stream_seed
     from reward import score
 
     samples = []
@@ -147,7 +147,7 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_pe
 
 def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
     """model/: the SFT model and tokenizer, the reward model under reward_model/, and best_of_n.json."""
-    from recipes.rundir import atomic_write_text
+    from recipes.core.rundir import atomic_write_text
 
     run.save_model(sft_model, tokenizer)
     reward_dir = run.model_dir / REWARD_SUBDIR
@@ -159,7 +159,7 @@ def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
 def main(config: BestOfNConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    from recipes.distributed import require_one_process
+    from recipes.core.distributed import require_one_process
 
     require_one_process("align --method best-of-n")
 
@@ -172,8 +172,8 @@ def main(config: BestOfNConfig) -> dict:
         start_run,
     )
     from alignment.evaluate import write
-    from recipes.data import fingerprint
-    from recipes.rundir import weights_hash
+    from recipes.core.data import fingerprint
+    from recipes.core.rundir import weights_hash
 
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
@@ -241,13 +241,4 @@ def candidates_kl(sft_model, prompt_ids, samples, rewards, n: int, *, temperatur
     return sum(estimated_kl(ids[i], [log_probs.get((i, k)) for k in range(n)], rewards[i][:n]) for i in slots) / len(slots)
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(BestOfNConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = BestOfNConfig  # the stage registry (recipes/core/stages.py) parses argv into this

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 
 def fit_history(answerer, messages: list[dict], max_new_tokens: int) -> list[dict]:
     """The latest turns that fit the context with room for the answer (always the last user message)."""
-    from recipes.generation import render_prompts
+    from recipes.core.generation import render_prompts
 
     kept = list(messages)
     while answerer.context and len(render_prompts(answerer.tokenizer, [kept])[0]) + max_new_tokens > answerer.context:
@@ -65,7 +65,7 @@ def chat(answerer, proxy, *, temperature: float, max_new_tokens: int, seed: int,
 
 
 def parser() -> argparse.ArgumentParser:
-    from recipes.config import CommandParser
+    from recipes.core.config import CommandParser
 
     p = CommandParser(prog="rlhf-lab chat", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (e.g. runs/tinyworld/align-ppo) or a saved model")

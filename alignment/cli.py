@@ -1,17 +1,14 @@
 """`rlhf-lab align --method M --config recipes/<name>/align-M.yaml`: one entry for every method.
 
-Each method lives in its own module exposing `cli(argv) -> int`; this only picks the module.
+Each method is a stage of the registry (recipes/core/stages.py); this only picks it.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 
-from alignment.common import METHODS
-from recipes.errors import UserError
-
-MODULES = {method: f"alignment.{method.replace('-', '_')}" for method in METHODS}
+from recipes.core.errors import UserError
+from recipes.core.stages import METHODS
 
 
 def split_method(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -33,8 +30,8 @@ def cli(argv: list[str]) -> int:
                   "`rlhf-lab align --method M --help` lists method M's keys.")
             return 0
         raise UserError("command line: --method is required, one of " + ", ".join(METHODS))
-    if method not in MODULES:
+    if method not in METHODS:
         close = difflib.get_close_matches(method, METHODS, n=1)
         hint = f"did you mean '{close[0]}'?" if close else "expected one of " + ", ".join(METHODS)
         raise UserError(f"command line: unknown method '{method}' ({hint})")
-    return importlib.import_module(MODULES[method]).cli(rest)
+    return METHODS[method].run(rest)

@@ -14,12 +14,11 @@ import json
 import time
 from pathlib import Path
 
-from recipes.config import LoraArguments
-from recipes.errors import UserError
-from recipes.model_dirs import check_model_dir
-from recipes.rundir import RunDir, require_parent, weights_hash
+from recipes.core.config import LoraArguments
+from recipes.core.errors import UserError
+from recipes.core.model_dirs import check_model_dir
+from recipes.core.rundir import RunDir, require_parent, weights_hash
 
-METHODS = ("dpo", "kto", "grpo", "rloo", "ppo", "best-of-n")
 MISSING_EOS_PENALTY = 1.0
 
 
@@ -39,7 +38,7 @@ class AlignArguments(LoraArguments):
                   "source. Pairs for dpo/kto; prompts (any shape with prompts) for the online methods."})
     dataset_config: str | None = None
     dataset_train_split: str = "train"
-    dataset_format: str = dataclasses.field(default="auto", metadata={"help": "As in recipes.data."})
+    dataset_format: str = dataclasses.field(default="auto", metadata={"help": "As in recipes.core.data."})
     # The one evaluation (alignment/evaluate.py), the same for every method.
     eval_prompts: str = dataclasses.field(
         default="world:eval?size=smoke", metadata={"help": "Held-out prompts every method is evaluated on."})
@@ -124,7 +123,7 @@ def load_reward_model(path: Path):
 
 
 def load_eval_prompts(config) -> list:
-    from recipes.data import load_prompts
+    from recipes.core.data import load_prompts
 
     prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"][:config.eval_num_prompts]
     if not prompts:
@@ -160,7 +159,7 @@ def run_name(config, method: str) -> str:
 
 def start_run(config, method: str, parents: Parents, data: dict | None = None) -> RunDir:
     """Claim runs/<recipe>/align-<method>/ (or run_name), recording the SFT parent and the reward model used."""
-    from recipes.data import fingerprint
+    from recipes.core.data import fingerprint
 
     run = RunDir.for_config(config, run_name(config, method))
     data = {"method": method, "source": config.dataset_name,
@@ -183,7 +182,7 @@ PER_PROMPT_FILE = "eval_per_prompt.json"
 def record_per_prompt(run: RunDir, evaluator) -> None:
     """The final evaluation prompt by prompt (gold, the SFT baseline's gold, win score), which `compare` pairs
     across methods."""
-    from recipes.rundir import atomic_write_text
+    from recipes.core.rundir import atomic_write_text
 
     if evaluator.recorded is not None:
         atomic_write_text(run.path / PER_PROMPT_FILE, json.dumps(evaluator.recorded) + "\n")
@@ -192,7 +191,7 @@ def record_per_prompt(run: RunDir, evaluator) -> None:
 def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float, evaluator) -> dict:
     """Save the aligned model (merged if LoRA), the final evaluation per prompt and the final metrics, and
     print the headline numbers (on the main process only, under `accelerate launch`)."""
-    from recipes.distributed import process_state
+    from recipes.core.distributed import process_state
 
     metrics = {**metrics, "wall_time_s": round(time.time() - started, 2)}
     if not process_state().is_main_process:

@@ -34,10 +34,11 @@ import math
 import re
 from pathlib import Path
 
-from recipes.errors import UserError
-from recipes.rundir import atomic_write_text, now
-from recipes.statistics import holm, kendalls_w, paired_difference, seed_interval
-from recipes.tracking import markdown_table
+from recipes.core.errors import UserError
+from recipes.core.rundir import atomic_write_text, now
+from recipes.core.stages import METHODS
+from recipes.core.statistics import holm, kendalls_w, paired_difference, seed_interval
+from recipes.core.tracking import markdown_table
 
 OUT = "compare"
 BASELINE = "sft"
@@ -107,8 +108,6 @@ def method_of(name: str, manifest: dict) -> str:
 
 def collect(recipe_runs: Path) -> list[Run]:
     """The finished alignment runs under runs/<name>, by method order then seed."""
-    from alignment.common import METHODS
-
     if not recipe_runs.is_dir():
         raise UserError(f"{recipe_runs}: no such run directory (expected runs/<recipe>, e.g. runs/tinyworld)")
     runs = []
@@ -356,7 +355,7 @@ def pairs_csv(pairs: list[dict]) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    from recipes.config import CommandParser
+    from recipes.core.config import CommandParser
 
     parser = CommandParser(prog="rlhf-lab compare", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="the recipe's run directory, e.g. runs/tinyworld")

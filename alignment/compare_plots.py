@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recipes.rundir import atomic_savefig
+from recipes.core.rundir import atomic_savefig
 
 CURVE_TAGS = {"gold": "gold_eval/gold_reward", "proxy": "gold_eval/proxy_reward", "kl": "gold_eval/kl"}
 

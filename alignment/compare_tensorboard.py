@@ -55,7 +55,7 @@ def write_tensorboard(tb_dir: Path, runs, rows: list[dict], columns) -> None:
     if tb_dir.exists():
         shutil.rmtree(tb_dir)  # rewritten whole: a second compare must not add a second copy of each session
     tb_dir.mkdir(parents=True)
-    from recipes.tracking import markdown_table
+    from recipes.core.tracking import markdown_table
 
     by_name = {r.name: r for r in runs}
     with SummaryWriter(str(tb_dir)) as writer:

@@ -10,13 +10,13 @@ prompt, for any policy, against `baseline_samples_per_prompt` answers of the SFT
     win_rate, win_rate_low, win_rate_high   share of (policy answer, SFT answer) pairs to the same prompt,
                          every such pair, where the policy's answer is better on gold (ties count half), with
                          its interval over prompts; the SFT answers are sampled once, from a stream of their
-                         own, independent of every policy's (recipes/seeds.py)
+                         own, independent of every policy's (recipes/core/seeds.py)
     tie_rate, win_rate_decided   share of pairs tied on gold, and the win rate among the others
     proxy_reward         mean score of the trained reward model
     kl                   KL(policy || SFT) from the policy's own samples: mean of sum_t log p/q
     kl_k3                the same with the non-negative k3 estimator, sum_t (r - 1 - log r), r = q/p
     length               mean tokens per answer, end of turn included
-    end_of_turn_rate, gold/<family>, math_accuracy, harmful_compliance, over_refusal  (recipes.gold_eval)
+    end_of_turn_rate, gold/<family>, math_accuracy, harmful_compliance, over_refusal  (recipes.core.gold_eval)
 
 `Evaluator.evaluate(policy)` samples and scores; `Evaluator.evaluate_answers(answers, kl=...)`
 scores answers chosen another way (best-of-n, whose KL is estimated from its candidates). `write` puts the
@@ -34,11 +34,11 @@ import torch
 from transformers import TrainerCallback
 
 from alignment.proxy_pairs import cached_samples
-from recipes.generation import Answer, generate_answers, render_prompts
-from recipes.gold_eval import score_answers, summarize
-from recipes.seeds import stream_seed
-from recipes.statistics import bootstrap_interval, paired_difference
-from recipes.tracking import markdown_table
+from recipes.core.generation import Answer, generate_answers, render_prompts
+from recipes.core.gold_eval import score_answers, summarize
+from recipes.core.seeds import stream_seed
+from recipes.core.statistics import bootstrap_interval, paired_difference
+from recipes.core.tracking import markdown_table
 
 TB_PREFIX = "gold_eval"
 

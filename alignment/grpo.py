@@ -16,7 +16,7 @@ import trl
 
 from alignment.common import AlignArguments
 from alignment.online import OnlineArguments, run_online
-from recipes.config import RunArguments, parse_config
+from recipes.core.config import RunArguments
 
 METHOD = "grpo"
 
@@ -32,13 +32,4 @@ def main(config: GRPOStageConfig) -> dict:
     return run_online(config, METHOD, trl.GRPOTrainer)
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(GRPOStageConfig, argv, "align --method grpo", description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = GRPOStageConfig  # the stage registry (recipes/core/stages.py) parses argv into this

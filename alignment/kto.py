@@ -18,7 +18,7 @@ import trl
 
 from alignment.common import AlignArguments
 from alignment.offline import OfflineArguments, run
-from recipes.config import RunArguments, parse_config
+from recipes.core.config import RunArguments
 
 METHOD = "kto"
 STAGE = f"align-{METHOD}"
@@ -59,13 +59,4 @@ def main(config: KTOStageConfig) -> dict:
     return run(config, METHOD, trl.KTOTrainer, to_rows=lambda pairs, config: unpair(pairs, config.seed))
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(KTOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = KTOStageConfig  # the stage registry (recipes/core/stages.py) parses argv into this

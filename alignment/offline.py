@@ -21,11 +21,11 @@ import hashlib
 import json
 import time
 
-from recipes.config import TrainerDefaults
-from recipes.errors import UserError
-from recipes.exact_resume import with_exact_resume
-from recipes.finite_loss import guarded_train
-from recipes.training_log import logged, mean_train_loss
+from recipes.core.config import TrainerDefaults
+from recipes.core.errors import UserError
+from recipes.core.exact_resume import with_exact_resume
+from recipes.core.finite_loss import guarded_train
+from recipes.core.training_log import logged, mean_train_loss
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ class OfflineArguments(TrainerDefaults):
 
 def load_pairs(config):
     """The recipe's preference pairs (conversational prompt/chosen/rejected)."""
-    from recipes.data import load_preferences
+    from recipes.core.data import load_preferences
 
     pairs = load_preferences(config.dataset_name, format=config.dataset_format, split=config.dataset_train_split,
                              config=config.dataset_config)
@@ -140,10 +140,10 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         start_run,
     )
     from alignment.evaluate import EvaluationCallback
-    from recipes.distributed import claim_run
-    from recipes.progress import attach_progress
-    from recipes.rundir import RunDir
-    from recipes.tracking import route_trainer_events
+    from recipes.core.distributed import claim_run
+    from recipes.core.progress import attach_progress
+    from recipes.core.rundir import RunDir
+    from recipes.core.tracking import route_trainer_events
 
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
@@ -158,8 +158,8 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     pairs, sampled = load_pairs(config), {}
     if config.sft_sample_pairs:
         from alignment.proxy_pairs import concatenate_pairs, proxy_ranked_pairs
-        from recipes.generation import distinct
-        from recipes.rundir import weights_hash
+        from recipes.core.generation import distinct
+        from recipes.core.rundir import weights_hash
 
         prompts = distinct(pairs["prompt"], config.sft_sample_pairs)
         print(f"sampling {config.sft_samples_per_prompt} SFT answers to each of {len(prompts)} prompts, "

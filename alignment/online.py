@@ -21,11 +21,11 @@ import dataclasses
 import os
 import time
 
-from recipes.config import TrainerDefaults
-from recipes.errors import UserError
-from recipes.exact_resume import with_exact_resume
-from recipes.finite_loss import guarded_train
-from recipes.training_log import logged
+from recipes.core.config import TrainerDefaults
+from recipes.core.errors import UserError
+from recipes.core.exact_resume import with_exact_resume
+from recipes.core.finite_loss import guarded_train
+from recipes.core.training_log import logged
 
 REWARDS = ("proxy", "gold")
 
@@ -110,7 +110,7 @@ def make_proxy_reward_func(reward_model, tokenizer, *, batch_size: int = 32, mis
 
 def make_reward_func(config, reward_model, tokenizer):
     if config.reward == "gold":
-        from recipes.world import make_gold_reward_func
+        from recipes.core.world import make_gold_reward_func
 
         return counting_tokens(make_gold_reward_func(tokenizer.eos_token_id))
     return counting_tokens(make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size,
@@ -135,7 +135,7 @@ def counting_tokens(reward_func):
 
 
 def load_train_prompts(config):
-    from recipes.data import load_prompts
+    from recipes.core.data import load_prompts
 
     prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
                            config=config.dataset_config)
@@ -151,7 +151,7 @@ def check_context(config, model_dir, prompts) -> int:
     from transformers import AutoConfig
 
     import base_model
-    from recipes.generation import render_prompts
+    from recipes.core.generation import render_prompts
 
     tokenizer = base_model.load_tokenizer(str(model_dir))
     context = AutoConfig.from_pretrained(str(model_dir)).max_position_embeddings
@@ -198,10 +198,10 @@ def run_online(config, method: str, trainer_class) -> dict:
         start_run,
     )
     from alignment.evaluate import EvaluationCallback
-    from recipes.distributed import claim_run
-    from recipes.progress import attach_progress
-    from recipes.rundir import RunDir
-    from recipes.tracking import route_trainer_events
+    from recipes.core.distributed import claim_run
+    from recipes.core.progress import attach_progress
+    from recipes.core.rundir import RunDir
+    from recipes.core.tracking import route_trainer_events
 
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated even when gold trains

@@ -24,10 +24,11 @@ import math
 import time
 from pathlib import Path
 
-from recipes.config import RunArguments, parse_config
-from recipes.errors import UserError
-from recipes.model_dirs import check_model_dir
-from recipes.rundir import RunDir, atomic_write_text, require_parent, weights_hash
+from recipes.core.config import RunArguments
+from recipes.core.errors import UserError
+from recipes.core.model_dirs import check_model_dir
+from recipes.core.rundir import RunDir, atomic_write_text, require_parent, weights_hash
+from recipes.core.stages import METHODS, STAGES
 
 STAGE = "overoptimization"
 
@@ -129,10 +130,10 @@ def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: Overoptimi
 
     from alignment.best_of_n import best_of, candidates_kl, kl_bound
     from alignment.common import MISSING_EOS_PENALTY, load_policy, load_reward_model
-    from recipes.data import load_prompts
-    from recipes.generation import generate_answers, render_prompts
-    from recipes.seeds import stream_seed
-    from recipes.world import gold_reward
+    from recipes.core.data import load_prompts
+    from recipes.core.generation import generate_answers, render_prompts
+    from recipes.core.seeds import stream_seed
+    from recipes.core.world import gold_reward
     from reward import score
 
     policy, tokenizer = load_policy(sft_dir)
@@ -177,7 +178,7 @@ def ppo_curve(sft_dir: Path, reward_dir: Path, name: str, config: Overoptimizati
             "--recipe", config.recipe, "--seed", str(config.seed), "--overwrite", "true"]
     if config.runs_root:
         argv += ["--runs_root", config.runs_root]
-    ppo_config = ppo.parse(argv)
+    ppo_config = METHODS["ppo"].parse(argv)
     sub_run(ppo, ppo_config, f"align-ppo-{name}", config, stage)
     curves = read_curves(RunDir.for_config(ppo_config, f"align-ppo-{name}").tb_dir)
     kl, gold, proxy = (dict(curves.get(k, [])) for k in ("kl", "gold", "proxy"))
@@ -193,7 +194,7 @@ def train_proxy(sft_dir: Path, name: str, pairs: int, flip_rate: float, config: 
             "--seed", str(config.seed), "--overwrite", "true"]
     if config.runs_root:
         argv += ["--runs_root", config.runs_root]
-    reward_config = train.parse(argv)
+    reward_config = STAGES["reward"].parse(argv)
     metrics = sub_run(train, reward_config, name, config, stage)
     return RunDir.for_config(reward_config, name).model_dir, metrics
 
@@ -277,13 +278,4 @@ def main(config: OveroptimizationConfig) -> dict:
     return metrics
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(OveroptimizationConfig, argv, STAGE, description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = OveroptimizationConfig  # the stage registry (recipes/core/stages.py) parses argv into this

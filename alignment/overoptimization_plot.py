@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from recipes.rundir import atomic_savefig
+from recipes.core.rundir import atomic_savefig
 
 MARKERS = {"best-of-n": "o", "ppo": "s"}
 COLORS = {"best-of-n": "tab:blue", "ppo": "tab:red"}
@@ -56,7 +56,7 @@ def plot(path: Path, results: dict) -> None:
 
 
 def table(results: dict) -> str:
-    from recipes.tracking import markdown_table
+    from recipes.core.tracking import markdown_table
 
     rows = []
     for name, entry in results["proxies"].items():

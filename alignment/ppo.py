@@ -26,9 +26,9 @@ import time
 from trl.trainer.base_config import _BaseConfig
 
 from alignment.common import AlignArguments
-from recipes.config import RunArguments, TrainerDefaults, parse_config
-from recipes.errors import UserError
-from recipes.finite_loss import stops_on_non_finite
+from recipes.core.config import RunArguments, TrainerDefaults
+from recipes.core.errors import UserError
+from recipes.core.finite_loss import stops_on_non_finite
 
 METHOD = "ppo"
 KL_ESTIMATORS = ("k1", "k3")
@@ -115,7 +115,7 @@ class PPOStageConfig(RunArguments, AlignArguments, PPOConfig):
 
 
 def check_context(config, policy, tokenizer, prompts) -> int:
-    from recipes.generation import render_prompts
+    from recipes.core.generation import render_prompts
 
     context = policy.config.max_position_embeddings
     longest = max(map(len, render_prompts(tokenizer, prompts)))
@@ -140,7 +140,7 @@ def main(config: PPOStageConfig) -> dict:
         start_run,
     )
     from alignment.ppo_trainer import PPOTrainer, checkpoints
-    from recipes.distributed import require_one_process
+    from recipes.core.distributed import require_one_process
 
     require_one_process("align --method ppo")
     started = time.time()
@@ -152,8 +152,8 @@ def main(config: PPOStageConfig) -> dict:
     reward_model = load_reward_model(parents.reward_dir)
     value_model = load_reward_model(parents.reward_dir)  # detail: the value model starts as the reward model
     value_model.requires_grad_(True)
-    from recipes.data import load_prompts
-    from recipes.progress import attach_progress
+    from recipes.core.data import load_prompts
+    from recipes.core.progress import attach_progress
 
     prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
                            config=config.dataset_config)
@@ -204,13 +204,4 @@ def main(config: PPOStageConfig) -> dict:
     return finish_run(run, trainer.policy, tokenizer, metrics, started, evaluator)  # the policy only, merged if LoRA
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(PPOStageConfig, argv, f"align --method {METHOD}", description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = PPOStageConfig  # the stage registry (recipes/core/stages.py) parses argv into this

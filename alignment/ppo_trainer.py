@@ -5,7 +5,7 @@ accelerator, optimizer and linear learning-rate schedule, state and callbacks) w
 the loop of InstructGPT-style PPO. Each rollout:
 
 1. takes `batch_size` prompts (shuffled each pass over the data) and samples one answer each with
-   `recipes.generation.generate_answers` at `temperature`, top-k and top-p off, at most
+   `recipes.core.generation.generate_answers` at `temperature`, top-k and top-p off, at most
    `response_length` tokens, cut after the first end of turn;
 2. computes, in one left-padded prompt + right-padded answer layout, the policy's and the frozen
    reference's log-probabilities of the answer tokens at the sampling temperature, and the value
@@ -48,10 +48,10 @@ from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
 
 from alignment import ppo_core as core
-from recipes.finite_loss import non_finite_error
-from recipes.generation import as_messages, generate_answers, render_prompts
-from recipes.kill_switch import kill_if_asked
-from recipes.rundir import check_checkpoint, load_checkpoint_state
+from recipes.core.finite_loss import non_finite_error
+from recipes.core.generation import as_messages, generate_answers, render_prompts
+from recipes.core.kill_switch import kill_if_asked
+from recipes.core.rundir import check_checkpoint, load_checkpoint_state
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 

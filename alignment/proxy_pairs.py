@@ -26,9 +26,9 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
     import datasets
     import numpy as np
 
-    from recipes.generation import as_messages, generate_answers
-    from recipes.seeds import stream_seed
-    from recipes.world import family_of, gold_reward
+    from recipes.core.generation import as_messages, generate_answers
+    from recipes.core.seeds import stream_seed
+    from recipes.core.world import family_of, gold_reward
     from reward import score
 
     def sample():
@@ -92,13 +92,13 @@ def cached_samples(sample, policy_weights: str | None, prompts, **settings):
     import hashlib
     import json
 
-    from recipes.data.world_cache import cache_root
-    from recipes.generation import Answer
-    from recipes.rundir import atomic_write_text
+    from recipes.core.data.world_cache import cache_root
+    from recipes.core.generation import Answer
+    from recipes.core.rundir import atomic_write_text
 
     if policy_weights is None:
         return sample()
-    # "streams": each round's seed derived from `seed` by recipes.seeds (earlier entries used seed + 1 + i)
+    # "streams": each round's seed derived from `seed` by recipes.core.seeds (earlier entries used seed + 1 + i)
     key = hashlib.sha256(json.dumps([policy_weights, prompts, settings, "streams"], sort_keys=True,
                                     default=str).encode())
     path = cache_root() / "samples" / f"{key.hexdigest()[:32]}.json"

@@ -14,24 +14,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 WORLD_EVAL = "world:eval?size=default&seed=0"
 
 
 def world_families() -> list[str]:
-    from recipes.world.families import all_families
+    from recipes.core.world.families import all_families
 
     return [family.NAME for family in all_families()]
 
 
 def load_sample_prompts(source: str, n: int, eval_prompts: str = WORLD_EVAL) -> list:
-    from recipes.data import load_prompts
+    from recipes.core.data import load_prompts
 
     if Path(source).exists():
         prompts = list(load_prompts(source)["prompt"])
     elif source in world_families() or source == "all":
-        from recipes.world import family_of
+        from recipes.core.world import family_of
 
         prompts = [p for p in load_prompts(eval_prompts, split="test")["prompt"]
                    if source == "all" or family_of(p) == source]
@@ -44,7 +44,7 @@ def load_sample_prompts(source: str, n: int, eval_prompts: str = WORLD_EVAL) -> 
 
 
 def check_fits(answerer, prompts, max_new_tokens: int) -> None:
-    from recipes.generation import render_prompts
+    from recipes.core.generation import render_prompts
 
     for i, ids in enumerate(render_prompts(answerer.tokenizer, prompts)):
         if answerer.context and len(ids) + max_new_tokens > answerer.context:
@@ -53,7 +53,7 @@ def check_fits(answerer, prompts, max_new_tokens: int) -> None:
 
 
 def side_by_side(prompts, names: list[str], answers: dict, scored: dict) -> str:
-    from recipes.generation import as_messages
+    from recipes.core.generation import as_messages
 
     blocks = []
     for i, prompt in enumerate(prompts):
@@ -84,7 +84,7 @@ def main(args) -> str:
     if proxy is not None:
         print(f"(proxy: {proxy.path})")
     if args.out:
-        from recipes.rundir import atomic_write_text
+        from recipes.core.rundir import atomic_write_text
 
         atomic_write_text(Path(args.out), text + "\n")
         print(f"wrote {args.out}")
@@ -92,7 +92,7 @@ def main(args) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from recipes.config import CommandParser
+    from recipes.core.config import CommandParser
 
     p = CommandParser(prog="rlhf-lab sample", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or saved model directories")

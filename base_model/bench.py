@@ -38,7 +38,7 @@ import statistics
 import time
 from pathlib import Path
 
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 SIZES = {  # the name is the rough parameter count; the exact one is in the JSON
     "tiny": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),

@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from recipes.errors import UserError
-from recipes.model_dirs import check_model_dir
+from recipes.core.errors import UserError
+from recipes.core.model_dirs import check_model_dir
 
 
 def _model_dir(path) -> Path:

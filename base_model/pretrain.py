@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from base_model.flops import flops_per_token, measure_matmul_peak
-from recipes.config import RunArguments, parse_config
-from recipes.errors import UserError
-from recipes.kill_switch import kill_if_asked
-from recipes.progress import step_bar
-from recipes.rundir import RunDir, atomic_write_text, check_checkpoint
-from recipes.tracking import markdown_table
+from recipes.core.config import RunArguments
+from recipes.core.errors import UserError
+from recipes.core.kill_switch import kill_if_asked
+from recipes.core.progress import step_bar
+from recipes.core.rundir import RunDir, atomic_write_text, check_checkpoint
+from recipes.core.tracking import markdown_table
 
 STAGE = "pretrain"
 
@@ -124,7 +124,7 @@ class PretrainConfig(RunArguments):
 
 
 def load_documents(config: PretrainConfig) -> tuple[list[str], list[str]]:
-    from recipes.data import load_text
+    from recipes.core.data import load_text
 
     kwargs = dict(text_field=config.dataset_text_field, config=config.dataset_config)
     train = load_text(config.dataset_name, split=config.dataset_train_split, **kwargs)["text"]
@@ -143,7 +143,7 @@ def load_documents(config: PretrainConfig) -> tuple[list[str], list[str]]:
 
 
 def data_fingerprint(config: PretrainConfig) -> str:
-    from recipes.data import fingerprint
+    from recipes.core.data import fingerprint
 
     parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
              for split in (config.dataset_train_split, config.dataset_test_split) if split]
@@ -438,13 +438,4 @@ def main(config: PretrainConfig) -> dict:
     return metrics
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(PretrainConfig, argv, STAGE, description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = PretrainConfig  # the stage registry (recipes/core/stages.py) parses argv into this

@@ -1,8 +1,9 @@
 """`rlhf-lab <command>`: one entry point for every stage and tool.
 
-Each command lives in its own module exposing `cli(argv) -> int`; modules are imported only when
-their command runs, so `rlhf-lab --help` is instant. User mistakes (`UserError`) and failed writes (a full
-disk) print one line and exit 2; nothing else is caught, so a real bug still shows its traceback.
+A stage command (pretrain, sft, reward, overoptimization; `align --method M`) runs the stage the registry
+names (recipes/core/stages.py); a tool command runs its module's `cli(argv) -> int`. Modules are imported
+only when their command runs, so `rlhf-lab --help` is instant. User mistakes (`UserError`) and failed writes
+(a full disk) print one line and exit 2; nothing else is caught, so a real bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import errno
 import importlib
 import os
 import sys
+from typing import Callable
 
-from recipes.errors import UserError
+from recipes.core.distributed import end_processes, process_state
+from recipes.core.errors import UserError
+from recipes.core.help_cache import cached_help, help_text, remember_help
+from recipes.core.stages import STAGES
 
-# command -> (module with `cli(argv)`, one-line summary). Order is the order of a recipe.
+# command -> (module with `cli(argv)`, or None for a stage of the registry; one-line summary), in recipe order.
 COMMANDS = {
-    "world": ("recipes.world.cli", "write or show the embedded gold world's data (corpus, SFT, preferences, eval)"),
-    "pretrain": ("base_model.pretrain", "pretrain the from-scratch GPT and train its tokenizer"),
-    "sft": ("recipes.sft", "supervised fine-tuning on conversations, loss on assistant turns only"),
-    "reward": ("reward.train", "train a reward model on preference pairs and check it against the gold reward"),
+    "world": ("recipes.core.world.cli", "write or show the embedded gold world's data (corpus, SFT, preferences, eval)"),
+    "pretrain": (None, STAGES["pretrain"].summary),
+    "sft": (None, STAGES["sft"].summary),
+    "reward": (None, STAGES["reward"].summary),
     "align": ("alignment.cli", "align the SFT model: --method dpo, kto, grpo, rloo, ppo or best-of-n"),
-    "overoptimization": ("alignment.overoptimization", "reward over-optimisation (Gao et al. 2022): gold vs sqrt(KL) for weak proxies"),
+    "overoptimization": (None, STAGES["overoptimization"].summary),
     "compare": ("alignment.compare", "compare a recipe's alignment runs: table, plots, TensorBoard HParams"),
     "run": ("recipes.runner", "run a whole recipe in order, skipping stages already done, then compare"),
     "sample": ("alignment.sample", "answer the same prompts side by side with several models, gold and proxy scored"),
@@ -30,6 +35,12 @@ COMMANDS = {
     "export": ("base_model.export", "convert a trained model into transformers' LlamaForCausalLM"),
     "bench": ("base_model.bench", "training and generation speed against transformers' Llama, as ratios"),
 }
+
+
+def command_entry(command: str) -> Callable[[list[str]], int]:
+    module = COMMANDS[command][0]
+    return STAGES[command].run if module is None else importlib.import_module(module).cli
+
 
 USAGE = "usage: rlhf-lab <command> [--config FILE] [--key value ...]"
 
@@ -62,17 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         return print_command_help(command, rest)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: before any config is parsed
-        from recipes.distributed import process_state
-
         process_state()
     if not os.environ.get("RLHF_LAB_VERBOSE"):
         quiet_dependencies()
     try:
-        module = importlib.import_module(COMMANDS[command][0])
-        code = int(module.cli(rest) or 0)
+        code = int(command_entry(command)(rest) or 0)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from recipes.distributed import end_processes
-
             end_processes()
         return code
     except UserError as err:
@@ -92,13 +98,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_command_help(command: str, rest: list[str]) -> int:
     """A command's help, from the cache when this code and its dependencies printed it before."""
-    from recipes.help_cache import cached_help, help_text, remember_help
-
     key = " ".join([command, *rest])
     text = cached_help(key)
     if text is None:
-        module = importlib.import_module(COMMANDS[command][0])
-        text = help_text(lambda: module.cli(rest))
+        entry = command_entry(command)
+        text = help_text(lambda: entry(rest))
         remember_help(key, text)
     print(text, end="")
     return 0

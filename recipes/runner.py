@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from recipes.config import config_dict
-from recipes.errors import UserError
-from recipes.rundir import RunDir, weights_hash
+from recipes.core.config import config_dict
+from recipes.core.errors import UserError
+from recipes.core.rundir import RunDir, weights_hash
+from recipes.core.stages import METHODS, STAGES, StageSpec
 
-TRAINING_STAGES = {"pretrain": "base_model.pretrain", "sft": "recipes.sft", "reward": "reward.train",
-                   "overoptimization": "alignment.overoptimization"}
 ALIGN_PREFIX = "align-"
 COMPARE = "compare"
 WORLD = "world"
@@ -41,9 +39,13 @@ WORLD = "world"
 @dataclasses.dataclass
 class Stage:
     name: str  # its run directory under <runs_root>/<recipe>/
-    module: str  # exposes parse(argv) -> config and main(config) -> metrics
+    spec: StageSpec  # the registry's entry: its module, config class and parents
     argv: list[str]
-    command: tuple[str, ...] = ()  # `rlhf-lab <command> <argv>` runs it in a process of its own
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """`rlhf-lab <command> <argv>` runs it in a process of its own."""
+        return tuple(self.spec.command.split())
 
     @property
     def kind(self) -> str:
@@ -52,12 +54,6 @@ class Stage:
 
 # ----------------------------------------------------------------------------------------------
 # The plan
-
-
-def method_module(method: str) -> str:
-    from alignment.cli import MODULES
-
-    return MODULES[method]
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, list[str]]:
@@ -75,28 +71,26 @@ def parse_overrides(pairs: list[str]) -> dict[str, list[str]]:
 def plan(recipe_dir: Path, *, seeds: list[int] | None, runs_root: str | None,
          overrides: dict[str, list[str]]) -> list[Stage]:
     """The recipe's stages in the order they run (world data and compare not included)."""
-    from alignment.common import METHODS
-
     if not recipe_dir.is_dir():
         raise UserError(f"{recipe_dir}: recipe folder not found (expected e.g. recipes/tinyworld)")
     common = ["--recipe", recipe_dir.resolve().name] + (["--runs_root", runs_root] if runs_root else [])
     stages = []
-    for name, module in TRAINING_STAGES.items():
+    for name, spec in STAGES.items():
         path = recipe_dir / f"{name}.yaml"
         if path.is_file():
-            stages.append(Stage(name, module, ["--config", str(path), *common, *overrides.pop(name, [])], (name,)))
+            stages.append(Stage(name, spec, ["--config", str(path), *common, *overrides.pop(name, [])]))
     methods = []
     for path in sorted(recipe_dir.glob(f"{ALIGN_PREFIX}*.yaml")):
         method = path.stem[len(ALIGN_PREFIX):]
         if method not in METHODS:
             raise UserError(f"{path}: unknown alignment method '{method}'; expected align-<method>.yaml with "
                             f"method one of {', '.join(METHODS)}")
-        methods.append((METHODS.index(method), method, path))
+        methods.append((list(METHODS).index(method), method, path))
     methods.sort()
     align_overrides = overrides.pop("align", [])
     method_overrides = {method: overrides.pop(f"{ALIGN_PREFIX}{method}", []) for _, method, _ in methods}
     if overrides:
-        known = list(TRAINING_STAGES) + ["align"] + [f"{ALIGN_PREFIX}{m}" for _, m, _ in methods]
+        known = list(STAGES) + ["align"] + [f"{ALIGN_PREFIX}{m}" for _, m, _ in methods]
         raise UserError(f"command line: --set names stage '{next(iter(overrides))}', which recipe {recipe_dir} "
                         f"does not have (stages: {', '.join(known)})")
     if not stages and not methods:
@@ -111,7 +105,7 @@ def plan(recipe_dir: Path, *, seeds: list[int] | None, runs_root: str | None,
             if seed is not None and seed != yaml_seeds[method]:
                 name = f"{name}-seed{seed}"
                 argv += ["--seed", str(seed), "--run_name", name]
-            stages.append(Stage(name, method_module(method), argv, ("align", "--method", method)))
+            stages.append(Stage(name, METHODS[method], argv))
     return stages
 
 
@@ -122,7 +116,7 @@ def _yaml_seed(path: Path) -> int:
 
 def world_sources(configs: list[Any]) -> list[str]:
     """Every `world:` data source the resolved configs name, in order of first mention."""
-    from recipes.data.world_cache import PREFIX
+    from recipes.core.data.world_cache import PREFIX
 
     sources: list[str] = []
     for config in configs:
@@ -217,7 +211,7 @@ def headline(stage: str, metrics: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from recipes.config import CommandParser
+    from recipes.core.config import CommandParser
 
     p = CommandParser(prog="rlhf-lab run", description="Run a whole recipe in order (world data, pretrain, SFT, reward, "
                "every alignment method, compare), skipping stages that are already done.")
@@ -262,11 +256,11 @@ def first_forced(order: list[str], from_stage: str | None) -> int:
 def run_recipe(recipe_dir: Path, *, from_stage: str | None = None, seeds: list[int] | None = None,
                runs_root: str | None = None, overrides: list[str] = (), jobs: int = 1) -> dict[str, str]:
     """Run the recipe; returns {stage: "ran" | "skipped"}."""
-    from recipes.lock import recipe_lock
-    from recipes.progress import recipe_bar
+    from recipes.core.lock import recipe_lock
+    from recipes.core.progress import recipe_bar
 
     stages = plan(recipe_dir, seeds=seeds, runs_root=runs_root, overrides=parse_overrides(list(overrides)))
-    configs = {s.name: importlib.import_module(s.module).parse(s.argv) for s in stages}  # every config checked first
+    configs = {s.name: s.spec.parse(s.argv) for s in stages}  # every config checked first
     recipe = recipe_dir.resolve().name
     root = next(iter(configs.values())).resolved_runs_root()
     order = [WORLD] + [s.name for s in stages] + [COMPARE]
@@ -299,7 +293,7 @@ def run_recipe(recipe_dir: Path, *, from_stage: str | None = None, seeds: list[i
                     print(f"[{stage.name}] " + ("resuming from its last checkpoint (interrupted, same config)"
                                                 if config.resume else f"running ({reason})"), flush=True)
                     t0 = time.time()
-                    metrics = importlib.import_module(stage.module).main(config)
+                    metrics = stage.spec.load().main(config)
                     print(f"[{stage.name}] done in {time.time() - t0:.0f} s: {headline(stage.name, metrics)}", flush=True)
                     outcome[stage.name] = "ran"
                 bar.update()
@@ -339,7 +333,7 @@ def run_side_by_side(todo: list[tuple[Stage, str, bool, bool]], jobs: int, log_d
     # takes them from the cache instead of sampling them again beside it.
     todo = sorted(todo, key=lambda item: item[0].name.startswith(f"{ALIGN_PREFIX}kto"))
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    from recipes.lock import HELD_ENV, held_by_this_process
+    from recipes.core.lock import HELD_ENV, held_by_this_process
 
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
            HELD_ENV: held_by_this_process()}  # the stages write under this process's recipe lock
@@ -375,7 +369,7 @@ def run_world(sources: list[str], *, forced: bool) -> str:
     """Make (or find cached) every world dataset the recipe names."""
     import shutil
 
-    from recipes.data.world_cache import cached_dir, parse_world_source, world_dir
+    from recipes.core.data.world_cache import cached_dir, parse_world_source, world_dir
 
     worlds = list(dict.fromkeys(parse_world_source(s) for s in sources))
     missing = [w for w in worlds if forced or not cached_dir(w).is_dir()]

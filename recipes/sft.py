@@ -6,7 +6,7 @@ answer and its `<|end|>` with `{% generation %}`). Full fine-tuning, or LoRA thr
 (`use_peft: true`), whose adapters are merged before saving so `model/` loads like any other model.
 
 At every evaluation (and once before training, on the pretrained model) a fixed set of held-out
-prompts is answered greedily and scored by the gold reward (`recipes.gold_eval`); the scores go to
+prompts is answered greedily and scored by the gold reward (`recipes.core.gold_eval`); the scores go to
 TensorBoard under `gold/...` and the rows as text. See `recipes/sft_callbacks.py`.
 """
 
@@ -20,15 +20,15 @@ from pathlib import Path
 
 import trl
 
-from recipes.config import LoraArguments, RunArguments, TrainerDefaults, parse_config
-from recipes.distributed import claim_run
-from recipes.errors import UserError
-from recipes.exact_resume import with_exact_resume
-from recipes.finite_loss import guarded_train
-from recipes.model_dirs import check_model_dir
-from recipes.progress import attach_progress
-from recipes.rundir import RunDir, require_parent, weights_hash
-from recipes.training_log import logged, mean_train_loss
+from recipes.core.config import LoraArguments, RunArguments, TrainerDefaults
+from recipes.core.distributed import claim_run
+from recipes.core.errors import UserError
+from recipes.core.exact_resume import with_exact_resume
+from recipes.core.finite_loss import guarded_train
+from recipes.core.model_dirs import check_model_dir
+from recipes.core.progress import attach_progress
+from recipes.core.rundir import RunDir, require_parent, weights_hash
+from recipes.core.training_log import logged, mean_train_loss
 
 STAGE = "sft"
 PARENT = "pretrain"
@@ -125,7 +125,7 @@ def load_model(path):
 
 def load_data(config: SFTStageConfig):
     """(train, eval) conversation datasets with a `messages` column."""
-    from recipes.data import load_conversations
+    from recipes.core.data import load_conversations
 
     kwargs = dict(format=config.dataset_format, config=config.dataset_config)
     train = load_conversations(config.dataset_name, split=config.dataset_train_split, **kwargs)
@@ -161,14 +161,14 @@ def resolve_max_length(config: SFTStageConfig, model) -> int:
 def load_eval_prompts(config: SFTStageConfig) -> list:
     if not config.eval_prompts:
         return []
-    from recipes.data import load_prompts
+    from recipes.core.data import load_prompts
 
     prompts = load_prompts(config.eval_prompts, split="test")["prompt"]
     return list(prompts[: config.eval_num_prompts])
 
 
 def data_fingerprint(config: SFTStageConfig) -> str:
-    from recipes.data import fingerprint
+    from recipes.core.data import fingerprint
 
     parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
              for split in (config.dataset_train_split, config.dataset_test_split) if split]
@@ -216,7 +216,7 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 def main(config: SFTStageConfig) -> dict:
 
     from recipes.sft_callbacks import GoldEvalCallback
-    from recipes.tracking import route_trainer_events
+    from recipes.core.tracking import route_trainer_events
 
     started = time.time()
     run = RunDir.for_config(config, STAGE)
@@ -283,13 +283,4 @@ def main(config: SFTStageConfig) -> dict:
     return metrics
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(SFTStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = SFTStageConfig  # the stage registry (recipes/core/stages.py) parses argv into this

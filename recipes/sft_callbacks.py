@@ -16,8 +16,8 @@ import json
 
 from transformers import TrainerCallback
 
-from recipes.gold_eval import gold_evaluate, rows_markdown
-from recipes.rundir import RunDir, atomic_write_text
+from recipes.core.gold_eval import gold_evaluate, rows_markdown
+from recipes.core.rundir import RunDir, atomic_write_text
 
 
 def scalar_tag(key: str) -> str:

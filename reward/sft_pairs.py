@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import random
 
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 
 def distinct_prompts(prompts, limit: int) -> list:
     """The first `limit` distinct prompts, each of a world family (the gold reward labels the pairs)."""
-    from recipes.generation import as_messages, distinct
-    from recipes.world import family_of
+    from recipes.core.generation import as_messages, distinct
+    from recipes.core.world import family_of
 
     unique = distinct(prompts, limit)
     unknown = [p for p in unique if family_of(p) == "unknown"]
@@ -49,9 +49,9 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
     Returns (columns prompt_chosen/prompt_rejected/chosen/rejected/gold_chosen/gold_rejected/ended_*,
     counts for the manifest).
     """
-    from recipes.generation import as_messages, generate_answers
-    from recipes.world import gold_reward
-    from recipes.world.annotators import label
+    from recipes.core.generation import as_messages, generate_answers
+    from recipes.core.world import gold_reward
+    from recipes.core.world.annotators import label
 
     unique = distinct_prompts(prompts, pairs)
     asked = [unique[i % len(unique)] for i in range(pairs)]

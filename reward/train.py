@@ -18,21 +18,20 @@ from pathlib import Path
 import trl
 from transformers import TrainerCallback
 
-from recipes.config import (
+from recipes.core.config import (
     LoraArguments,
     RunArguments,
-    parse_config,
     resolve_trainer_precision,
 )
-from recipes.distributed import claim_run
-from recipes.errors import UserError
-from recipes.exact_resume import with_exact_resume
-from recipes.finite_loss import guarded_train
-from recipes.model_dirs import check_model_dir
-from recipes.progress import attach_progress
-from recipes.rundir import RunDir, require_parent
-from recipes.seeds import stream_seed
-from recipes.training_log import logged, mean_train_loss
+from recipes.core.distributed import claim_run
+from recipes.core.errors import UserError
+from recipes.core.exact_resume import with_exact_resume
+from recipes.core.finite_loss import guarded_train
+from recipes.core.model_dirs import check_model_dir
+from recipes.core.progress import attach_progress
+from recipes.core.rundir import RunDir, require_parent
+from recipes.core.seeds import stream_seed
+from recipes.core.training_log import logged, mean_train_loss
 
 STAGE = "reward"
 PARENT = "sft"
@@ -145,8 +144,8 @@ def load_pairs(config: RewardStageConfig):
     """(train, held-out) pairs as datasets in TRL's shape; held-out ones keep gold columns if the data has them."""
     import datasets
 
-    from recipes.data import read_rows
-    from recipes.data.preferences import to_preferences
+    from recipes.core.data import read_rows
+    from recipes.core.data.preferences import to_preferences
 
     def load(split: str) -> dict[str, list]:
         rows = read_rows(config.dataset_name, split, config.dataset_config)
@@ -187,7 +186,7 @@ def flip_labels(pairs: dict[str, list], rate: float, seed: int) -> dict[str, lis
 
 
 def data_fingerprint(config: RewardStageConfig) -> str:
-    from recipes.data import fingerprint
+    from recipes.core.data import fingerprint
 
     parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
              for split in (config.dataset_train_split, config.dataset_test_split) if split]
@@ -198,8 +197,8 @@ def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
     """(Bradley-Terry temperature, flip rate) of the labels: from the config, else the world's size."""
     temperature, flip_rate = config.annotator_bt_temperature, config.annotator_flip_rate
     if config.dataset_name.startswith("world:"):
-        from recipes.data.world_cache import parse_world_source
-        from recipes.world import SIZES
+        from recipes.core.data.world_cache import parse_world_source
+        from recipes.core.world import SIZES
 
         spec = SIZES[parse_world_source(config.dataset_name).size]
         temperature = spec.bt_temperature if temperature is None else temperature
@@ -210,7 +209,7 @@ def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
 
 
 def load_eval_prompts(config: RewardStageConfig) -> list:
-    from recipes.data import load_prompts
+    from recipes.core.data import load_prompts
 
     prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"]
     if not prompts:
@@ -286,7 +285,7 @@ class GoldEvalCallback(TrainerCallback):
 def main(config: RewardStageConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    from recipes.tracking import route_trainer_events
+    from recipes.core.tracking import route_trainer_events
     from reward.evaluate import evaluate_reward_model, sample_answers
 
     started = time.time()
@@ -399,13 +398,4 @@ def summary_line(metrics: dict, run: RunDir) -> str:
     return "  ".join(parts)
 
 
-def parse(argv: list[str]):
-    """The stage's resolved config from `--config FILE` and flags, without running anything."""
-    return parse_config(RewardStageConfig, argv, STAGE, description=__doc__.splitlines()[0])
-
-
-def cli(argv: list[str]) -> int:
-    from recipes.lock import run_locked
-
-    run_locked(main, parse(argv))
-    return 0
+CONFIG = RewardStageConfig  # the stage registry (recipes/core/stages.py) parses argv into this

@@ -68,7 +68,7 @@ def test_training_changes_the_sft_weights(aligned, smoke_sft):
 
 
 def test_manifest_records_parents_evaluation_and_baseline(aligned, smoke_sft, smoke_reward):
-    from recipes.rundir import weights_hash
+    from recipes.core.rundir import weights_hash
 
     m = manifest(aligned)
     assert m["status"] == "finished" and m["stage"] == aligned.name
@@ -109,7 +109,7 @@ def test_saved_config_reparses_to_the_same_config(dpo_run, kto_run):
 
     from alignment.dpo import DPOStageConfig
     from alignment.kto import KTOStageConfig
-    from recipes.config import config_dict, parse_config
+    from recipes.core.config import config_dict, parse_config
 
     for run, cls in ((dpo_run, DPOStageConfig), (kto_run, KTOStageConfig)):
         saved = run / "config.yaml"
@@ -181,7 +181,7 @@ def test_proxy_ranked_pairs_put_the_reward_models_best_answer_first(smoke_sft, s
 
     from alignment.common import load_policy, load_reward_model
     from alignment.proxy_pairs import proxy_ranked_pairs
-    from recipes.data import load_prompts
+    from recipes.core.data import load_prompts
     from reward import score
 
     policy, _ = load_policy(smoke_sft / "model")
@@ -205,7 +205,7 @@ def test_proxy_ranked_pairs_put_the_reward_models_best_answer_first(smoke_sft, s
 
 @pytest.mark.parametrize("with_dataset", [False, True])
 def test_dpo_on_proxy_ranked_sft_samples_through_the_cli(with_dataset, smoke_reward, smoke_runs, smoke_sft):
-    from recipes.data import load_preferences
+    from recipes.core.data import load_preferences
 
     recipe = f"smoke-sampled-{with_dataset}"
     assert align("dpo", smoke_runs, "--recipe", recipe, "--sft_sample_pairs", "24",

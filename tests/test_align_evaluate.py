@@ -181,7 +181,7 @@ def test_the_candidates_estimate_is_the_bound_when_no_two_coincide_and_never_abo
 def test_two_seeds_share_no_stream():
     """Every draw's seed (evaluation answers, best-of-n candidates, pair sampling, the reward stage's samples)
     differs across purposes, indices and run seeds: nothing is shared by accident."""
-    from recipes.seeds import stream_seed
+    from recipes.core.seeds import stream_seed
 
     purposes = ["eval/policy", "eval/sft-baseline", "reward/eval-samples", "reward/pair-samples"]
     seeds = [stream_seed(s, p) for s in range(3) for p in purposes]
@@ -198,7 +198,7 @@ def test_two_seeds_share_no_stream():
 def evaluator(smoke_sft, smoke_reward):
     from alignment.common import load_policy, load_reward_model
     from alignment.evaluate import Evaluator
-    from recipes.data import load_prompts
+    from recipes.core.data import load_prompts
 
     model, tokenizer = load_policy(smoke_sft / "model")
     prompts = load_prompts("world:eval?size=smoke&seed=0", split="test")["prompt"][:8]

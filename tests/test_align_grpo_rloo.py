@@ -145,7 +145,7 @@ def test_proxy_reward_function_matches_score_and_charges_a_cut_off_answer(smoke_
 def test_config_round_trips_through_config_yaml(tmp_path):
     from alignment.grpo import GRPOStageConfig
     from alignment.rloo import RLOOStageConfig
-    from recipes.config import config_dict, parse_config, to_yaml
+    from recipes.core.config import config_dict, parse_config, to_yaml
 
     for cls, path in ((GRPOStageConfig, GRPO), (RLOOStageConfig, RLOO)):
         config = parse_config(cls, ["--config", path, "--reward", "gold"], "align")

@@ -7,7 +7,7 @@ import pytest
 from base_model.pretrain import PretrainConfig
 from recipes.cli import COMMANDS
 from recipes.cli import main as rlhf_lab
-from recipes.config import parse_config, to_yaml
+from recipes.core.config import parse_config, to_yaml
 
 
 def test_help_lists_every_command(capsys):
@@ -55,7 +55,7 @@ def test_flags_override_yaml_and_the_saved_config_round_trips(tmp_path):
 
 
 def test_null_on_the_command_line_means_none_where_a_key_allows_it(tmp_path):
-    from recipes.errors import UserError
+    from recipes.core.errors import UserError
     from reward.train import RewardStageConfig
 
     path = tmp_path / "r" / "reward.yaml"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from recipes.data import fingerprint, load_conversations, load_preferences, load_prompts, load_text
-from recipes.errors import UserError
+from recipes.core.data import fingerprint, load_conversations, load_preferences, load_prompts, load_text
+from recipes.core.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 

@@ -13,7 +13,7 @@ import torch
 
 from base_model import GPTConfig, GPTForCausalLM, train_tokenizer
 from base_model.export import cli, export_llama
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 # Runs in a fresh interpreter, from a directory where this lab is not importable.
 CHECK = r"""

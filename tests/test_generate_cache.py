@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GenerationMixin
 
-from recipes.generation import generate_answers
+from recipes.core.generation import generate_answers
 from test_sampler import PAD, chat_tokenizer, left_padded, tiny_lm  # noqa: F401 (chat_tokenizer is a fixture)
 
 STEPS = 20

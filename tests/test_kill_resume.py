@@ -2,7 +2,7 @@
 
 Each case runs a stage twice on the smoke parents, in recipes of its own: once straight through (the
 reference) and once in a child process that SIGKILLs itself at a random step between two checkpoints (after
-that step's gradients, before its optimizer step: `recipes/kill_switch.py`), then resumed through the CLI.
+that step's gradients, before its optimizer step: `recipes/core/kill_switch.py`), then resumed through the CLI.
 The kill is placed by the step, not by the clock, so it lands at the same point on a fast machine and a slow
 one. `rlhf-lab run`'s resume of an interrupted recipe is tested in
 test_run_compare.py, the over-optimisation experiment's in test_overoptimization.py.
@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from recipes.cli import main as rlhf_lab
-from recipes.kill_switch import ENV as KILL_ENV
-from recipes.rundir import weights_hash
+from recipes.core.kill_switch import ENV as KILL_ENV
+from recipes.core.rundir import weights_hash
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes/smoke"

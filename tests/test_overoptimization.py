@@ -106,14 +106,14 @@ def test_overoptimization_without_the_parent_sft_run_names_the_command(tmp_path,
 
 def test_overoptimization_killed_at_a_random_step_resumes_to_the_same_results(overopt_smoke, smoke_sft, smoke_runs):
     """The experiment SIGKILLs itself inside a random one of its proxy and PPO runs, at a
-    random step (recipes/kill_switch.py); --resume keeps the finished runs, continues the interrupted one and
+    random step (recipes/core/kill_switch.py); --resume keeps the finished runs, continues the interrupted one and
     ends with the same results."""
     import os
     import random
     import subprocess
     import sys
 
-    from recipes.kill_switch import ENV as KILL_ENV
+    from recipes.core.kill_switch import ENV as KILL_ENV
 
     seed = int(os.environ.get("RLHF_LAB_KILL_SEED") or random.SystemRandom().randrange(10**6))
     rng = random.Random(seed)

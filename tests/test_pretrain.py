@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from recipes.cli import main as rlhf_lab
-from recipes.kill_switch import ENV as KILL_ENV
+from recipes.core.kill_switch import ENV as KILL_ENV
 
 SMOKE = "recipes/smoke/pretrain.yaml"
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(smoke_run, runs_roo
 
 def test_killed_run_resumes_to_the_same_losses(smoke_run, runs_root):
     """A real child process killed after its first checkpoint (it SIGKILLs itself at step 30, the checkpoint is
-    at 25: recipes/kill_switch.py), resumed, ends where an uninterrupted run ends."""
+    at 25: recipes/core/kill_switch.py), resumed, ends where an uninterrupted run ends."""
     command = [sys.executable, "-m", "recipes.cli", "pretrain", "--config", str(REPO / SMOKE),
                "--runs_root", str(runs_root), "--recipe", "killed"]
     child = subprocess.run(command, cwd=REPO, capture_output=True, env={**os.environ, KILL_ENV: "30"}, timeout=300)

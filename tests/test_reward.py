@@ -106,7 +106,7 @@ def test_smoke_reward_run(smoke_sft, smoke_reward):
     import base_model  # noqa: F401
     from transformers import AutoModelForSequenceClassification
 
-    from recipes.rundir import weights_hash
+    from recipes.core.rundir import weights_hash
 
     run = smoke_reward  # made through the CLI by the session fixture, shared with the alignment tests
     manifest = json.loads((run / "manifest.json").read_text())
@@ -129,7 +129,7 @@ def test_smoke_reward_run(smoke_sft, smoke_reward):
 
 def easy_split(directory, n_train=128, n_test=48):
     """Pairs a tiny model can learn: a helpful or safe answer against a rude or harmful one, labelled by gold."""
-    from recipes.data import read_rows
+    from recipes.core.data import read_rows
 
     rows = [r for r in read_rows("world:preferences?size=default&seed=0", "train").records
             if r["persona_rejected"] in ("rude", "unsafe") and r["family"] != "stories"
@@ -162,8 +162,8 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     from transformers import AutoModelForCausalLM
 
     from base_model import load_tokenizer
-    from recipes.data import load_prompts
-    from recipes.world import gold_reward
+    from recipes.core.data import load_prompts
+    from recipes.core.world import gold_reward
     from reward.sft_pairs import label_sft_samples, to_token_ids
 
     policy = AutoModelForCausalLM.from_pretrained(smoke_sft / "model")

@@ -91,7 +91,7 @@ def test_set_overrides_one_key_and_seeds_repeat_the_alignment_stages(first_run, 
     per_seed = [float(r["gold_reward"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
     assert float(mean["gold_reward"]) == pytest.approx(sum(per_seed) / 2)
     assert float(mean["gold_reward_low"]) <= float(mean["gold_reward"]) <= float(mean["gold_reward_high"])
-    from recipes.statistics import seed_interval
+    from recipes.core.statistics import seed_interval
 
     gains = [float(r["gold_gain"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
     assert (float(mean["gold_gain_low"]), float(mean["gold_gain_high"])) == pytest.approx(seed_interval(gains)[1:])
@@ -219,15 +219,13 @@ def test_bad_input_stops_with_one_line(argv, expected, capsys, tmp_path):
 @pytest.mark.parametrize("name", ["smoke", "tinyworld", "tinyworld-long", "overoptimization", "realdata-gpu"])
 def test_every_shipped_recipe_resolves_every_stage_config(name, monkeypatch):
     """What `rlhf-lab run recipes/<name>` checks before running anything: each stage's YAML parses, keys known."""
-    import importlib
-
     from recipes.runner import plan
 
     monkeypatch.chdir(REPO)  # recipes name their include files relative to the repository
     stages = plan(REPO / "recipes" / name, seeds=[0, 1], runs_root=None, overrides={})
     assert stages
     for stage in stages:
-        config = importlib.import_module(stage.module).parse(stage.argv)
+        config = stage.spec.parse(stage.argv)
         assert config.recipe == name
     if name in ("tinyworld", "tinyworld-long", "smoke"):
         names = [s.name for s in stages]
@@ -241,7 +239,7 @@ def test_a_second_writer_of_the_same_recipe_stops_and_names_the_holder(tmp_path,
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.argv = ['rlhf-lab', 'run', 'recipes/smoke']; "
-        "from pathlib import Path; from recipes.lock import recipe_lock\n"
+        "from pathlib import Path; from recipes.core.lock import recipe_lock\n"
         f"with recipe_lock(Path({str(tmp_path / 'smoke')!r})):\n"
         "    print('locked', flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -256,22 +254,22 @@ def test_a_second_writer_of_the_same_recipe_stops_and_names_the_holder(tmp_path,
     finally:
         holder.kill()
         holder.wait()
-    from recipes.lock import recipe_lock
+    from recipes.core.lock import recipe_lock
 
     with recipe_lock(tmp_path / "smoke"):  # the lock died with its holder: nothing stale to clean up
         pass
 
 
 def test_run_resumes_a_recipe_killed_mid_stage_at_that_stage_with_the_same_result(tmp_path, capsys):
-    """`rlhf-lab run` killed while pretraining (at a random step after a checkpoint: recipes/kill_switch.py): the
+    """`rlhf-lab run` killed while pretraining (at a random step after a checkpoint: recipes/core/kill_switch.py): the
     next `run` resumes pretraining from its last checkpoint and ends with exactly an uninterrupted run's model."""
     import os
     import random
     import subprocess
     import sys
 
-    from recipes.kill_switch import ENV as KILL_ENV
-    from recipes.rundir import weights_hash
+    from recipes.core.kill_switch import ENV as KILL_ENV
+    from recipes.core.rundir import weights_hash
 
     runs = tmp_path / "runs"
     kill_at = random.Random().randint(26, 99)  # smoke pretraining saves at steps 25, 50 and 75 and ends at 100
@@ -281,7 +279,7 @@ def test_run_resumes_a_recipe_killed_mid_stage_at_that_stage_with_the_same_resul
                            env={**os.environ, KILL_ENV: str(kill_at)}, timeout=300)
     assert child.returncode == -9, child.stderr[-2000:]
     manifest = json.loads((runs / "smoke" / "pretrain" / "manifest.json").read_text())
-    assert manifest["status"] == "running", f"the child finished pretraining before the kill (after step {wanted})"
+    assert manifest["status"] == "running", f"the child finished pretraining before the kill (before step {kill_at})"
 
     done = run(REPO / "recipes" / "smoke", runs, capsys)
     assert done["pretrain"] == "ran" and done["sft"] == "ran"

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from alignment.proxy_pairs import cached_samples
-from recipes.generation import Answer
+from recipes.core.generation import Answer
 
 SETTINGS = dict(purpose="eval/sft-baseline", seed=7, max_new_tokens=4)
 

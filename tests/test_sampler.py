@@ -11,7 +11,7 @@ from transformers import GenerationConfig, GenerationMixin
 from base_model import GPTConfig, GPTForCausalLM, train_tokenizer
 from base_model import sampler
 from base_model.sampler import fast_path_ok, sample
-from recipes.generation import generate_answers
+from recipes.core.generation import generate_answers
 
 V, PAD, EOS = 300, 0, 5
 

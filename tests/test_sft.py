@@ -27,7 +27,7 @@ def events(run: Path):
 
 def test_loss_is_on_exactly_the_assistant_tokens(smoke_pretrain, tmp_path):
     """Tokenize through the stage's own data path and trainer: the unmasked labels are the answers and <|end|>."""
-    from recipes.config import parse_config
+    from recipes.core.config import parse_config
     from recipes.sft import SFTStageConfig, build_trainer, drop_too_long, load_data, load_model
 
     config = parse_config(SFTStageConfig, ["--config", SMOKE, "--report_to", "none"], "sft")
@@ -49,7 +49,7 @@ def test_loss_is_on_exactly_the_assistant_tokens(smoke_pretrain, tmp_path):
 
 
 def test_run_directory_and_manifest(smoke_sft, smoke_pretrain):
-    from recipes.rundir import weights_hash
+    from recipes.core.rundir import weights_hash
 
     assert {"config.yaml", "manifest.json", "model", "checkpoints", "tb"} <= {p.name for p in smoke_sft.iterdir()}
     m = manifest(smoke_sft)
@@ -99,7 +99,7 @@ def test_model_loads_and_answers_chat_prompts(smoke_sft):
     import base_model  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recipes.generation import generate_answers
+    from recipes.core.generation import generate_answers
 
     model = AutoModelForCausalLM.from_pretrained(smoke_sft / "model")
     tokenizer = AutoTokenizer.from_pretrained(smoke_sft / "model")
@@ -167,7 +167,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(smoke_pretrain, smoke_runs)
     import subprocess
     import sys
 
-    from recipes.kill_switch import ENV as KILL_ENV
+    from recipes.core.kill_switch import ENV as KILL_ENV
 
     command = [sys.executable, "-m", "recipes.cli", "sft", "--config", SMOKE, "--runs_root", str(smoke_runs),
                "--recipe", "smoke-killed", "--model_name_or_path", str(smoke_pretrain / "model"),

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from recipes.statistics import bootstrap_interval, holm, kendalls_w, paired_difference, seed_interval
+from recipes.core.statistics import bootstrap_interval, holm, kendalls_w, paired_difference, seed_interval
 
 
 def exact_bootstrap_quantiles(d, levels):

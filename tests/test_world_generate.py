@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from recipes.errors import UserError
-from recipes.world import generate, gold_reward
-from recipes.world.annotators import p_agree
-from recipes.world.cli import cli
-from recipes.world.families import by_name
-from recipes.world.personas import FLAWED, answer, eligible
-from recipes.world.sizes import SIZES
+from recipes.core.errors import UserError
+from recipes.core.world import generate, gold_reward
+from recipes.core.world.annotators import p_agree
+from recipes.core.world.cli import cli
+from recipes.core.world.families import by_name
+from recipes.core.world.personas import FLAWED, answer, eligible
+from recipes.core.world.sizes import SIZES
 
 DATA_FILES = ["corpus/train.txt", "corpus/validation.txt", "sft/train.jsonl", "sft/validation.jsonl",
               "preferences/train.jsonl", "preferences/validation.jsonl", "eval/prompts.jsonl", "stats.json"]

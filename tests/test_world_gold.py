@@ -2,7 +2,7 @@
 
 import pytest
 
-from recipes.world import GoldScore, family_of, gold_reward, gold_reward_func, make_gold_reward_func
+from recipes.core.world import GoldScore, family_of, gold_reward, gold_reward_func, make_gold_reward_func
 
 
 def gold(prompt, response, **kwargs) -> GoldScore:

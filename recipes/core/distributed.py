@@ -45,7 +45,7 @@ def claim_run(run, start, process=None):
 
 def require_one_process(what: str) -> None:
     """Stop, in one line, a stage that is not written for several processes when it is launched on several."""
-    from recipes.errors import UserError
+    from recipes.core.errors import UserError
 
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1:

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections import defaultdict
 from statistics import fmean
 
-from recipes.generation import Answer, generate_answers
-from recipes.tracking import markdown_table
-from recipes.world import gold_reward
+from recipes.core.generation import Answer, generate_answers
+from recipes.core.tracking import markdown_table
+from recipes.core.world import gold_reward
 
 
 def score_answers(prompts, answers: list[Answer]) -> list[dict]:

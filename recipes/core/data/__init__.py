@@ -23,7 +23,7 @@ A `source` is one of:
 A .txt file holds one document per paragraph (blocks separated by blank lines). Formats: see
 conversations.py (messages, alpaca, sharegpt) and preferences.py (prompt_chosen_rejected, hh_rlhf,
 ultrafeedback); "auto" detects them from the first row. Anything malformed raises
-`recipes.errors.UserError` naming the file, the 1-based row (line number for jsonl and txt) and
+`recipes.core.errors.UserError` naming the file, the 1-based row (line number for jsonl and txt) and
 what was expected.
 """
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from recipes.errors import UserError
-from recipes.kill_switch import kill_if_asked
-from recipes.rundir import complete_checkpoints, step_of
+from recipes.core.errors import UserError
+from recipes.core.kill_switch import kill_if_asked
+from recipes.core.rundir import complete_checkpoints, step_of
 
 
 def last_good_checkpoint(checkpoints_dir: Path | str, before: int) -> str:

@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 HELD_ENV = "RLHF_LAB_HELD_LOCKS"
 _held: set[str] = set()

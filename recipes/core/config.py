@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import yaml
-from transformers import HfArgumentParser
 
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 T = TypeVar("T")
 
@@ -135,9 +134,16 @@ class CommandParser(argparse.ArgumentParser):
         raise UserError(f"command line: {message}")
 
 
-class _Parser(HfArgumentParser):
-    def error(self, message: str):  # argparse would print usage and exit; we want one line
-        raise UserError(message)
+def _parser_class() -> type:
+    """HfArgumentParser whose mistakes are one line; transformers is imported here, not with this module, so
+    that `rlhf-lab --help` and the commands that parse no stage config start at once."""
+    from transformers import HfArgumentParser
+
+    class _Parser(HfArgumentParser):
+        def error(self, message: str):  # argparse would print usage and exit; we want one line
+            raise UserError(message)
+
+    return _Parser
 
 
 def _yaml_to_argv(values: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -233,8 +239,8 @@ def check_number(key: str, value: Any) -> None:
         raise ValueError(f"key '{key}' must be in (0, 1], got {value}")
 
 
-def build_parser(config_class: type, command: str, description: str = "") -> _Parser:
-    parser = _Parser(config_class, prog=f"rlhf-lab {command}", description=description, allow_abbrev=False)
+def build_parser(config_class: type, command: str, description: str = ""):
+    parser = _parser_class()(config_class, prog=f"rlhf-lab {command}", description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file of this stage's keys; flags override it.")
     return parser
 

@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from recipes.config import config_dict, to_yaml
-from recipes.errors import UserError
+from recipes.core.config import config_dict, to_yaml
+from recipes.core.errors import UserError
 
 PACKAGES = ("rlhf-lab", "torch", "transformers", "trl", "tokenizers", "datasets", "peft", "accelerate")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recipes.errors import UserError
+from recipes.core.errors import UserError
 
 KINDS = {
     "policy": (("ForCausalLM",), "a causal language model (a pretrained or SFT model, *ForCausalLM)"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from recipes.rundir import RunDir
+from recipes.core.rundir import RunDir
 
 
 def route_trainer_events(run: RunDir) -> None:

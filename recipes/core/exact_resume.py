@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from recipes.rundir import load_checkpoint_state
+from recipes.core.rundir import load_checkpoint_state
 
 
 def state_file(checkpoint: str, process_index: int) -> str:

@@ -15,10 +15,10 @@ import os
 from importlib import metadata
 from pathlib import Path
 
-from recipes.data.world_cache import cache_root
+from recipes.core.data.world_cache import cache_root
 
 PACKAGES = ("rlhf-lab", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
-LAB = Path(__file__).resolve().parents[1]
+LAB = Path(__file__).resolve().parents[2]
 
 
 def _key(command: str) -> str:
