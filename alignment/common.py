@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from recipes.core.config import LoraArguments
-from recipes.core.errors import UserError
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.rundir import RunDir, require_parent, weights_hash
+from recipes.core.stage_kit import load_eval_prompts
 
 MISSING_EOS_PENALTY = 1.0
 
@@ -122,15 +122,6 @@ def load_reward_model(path: Path):
     return model
 
 
-def load_eval_prompts(config) -> list:
-    from recipes.core.data import load_prompts
-
-    prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"][:config.eval_num_prompts]
-    if not prompts:
-        raise UserError(f"key 'eval_prompts': {config.eval_prompts} split '{config.eval_prompts_split}' holds no prompts")
-    return prompts
-
-
 def build_evaluator(config, sft_model, tokenizer, reward_model=None, sft_dir: Path | None = None):
     """The one evaluation; with `sft_dir` (where the SFT weights came from) the SFT baseline's answers are
     sampled once per recipe and cached for every method."""
@@ -142,15 +133,6 @@ def build_evaluator(config, sft_model, tokenizer, reward_model=None, sft_dir: Pa
                      top_p=config.eval_top_p, batch_size=config.eval_generation_batch_size, seed=config.seed,
                      samples_per_prompt=config.eval_samples_per_prompt,
                      baseline_samples_per_prompt=config.eval_sft_samples_per_prompt)
-
-
-def causal_lm_peft_config(config):
-    if not config.use_peft:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(task_type="CAUSAL_LM", r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=config.lora_target_modules or "all-linear")
 
 
 def run_name(config, method: str) -> str:

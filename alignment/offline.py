@@ -25,6 +25,7 @@ from recipes.core.config import TrainerDefaults
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
+from recipes.core.stage_kit import load_eval_prompts, lora_config, resolve_max_length, trainer_refusals
 from recipes.core.training_log import logged, mean_train_loss
 
 
@@ -109,14 +110,6 @@ def prompts_fingerprint(prompts) -> str:
 # The stage
 
 
-def resolve_max_length(config, model) -> int:
-    context = model.config.max_position_embeddings
-    max_length = config.max_length or context
-    if max_length > context:
-        raise UserError(f"key 'max_length' ({max_length}) exceeds the model's context ({context})")
-    return max_length
-
-
 # TRL's own training logs worth keeping in the final metrics: (logged key, metrics key).
 TRL_FINAL = (("rewards/margins", "train_reward_margin"), ("rewards/accuracies", "train_reward_accuracy"),
              ("rewards/chosen", "train_reward_chosen"), ("rewards/rejected", "train_reward_rejected"),
@@ -130,9 +123,7 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     """
     from alignment.common import (
         build_evaluator,
-        causal_lm_peft_config,
         finish_run,
-        load_eval_prompts,
         load_policy,
         load_reward_model,
         resolve_parents,
@@ -190,13 +181,11 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
 
     args = copy.copy(config)
     args.output_dir = str(run_dir.checkpoints_dir)
-    peft_config = causal_lm_peft_config(config)
-    try:
+    peft_config = lora_config(config)
+    with trainer_refusals(config):
         trainer = with_exact_resume(trainer_class)(model=policy, ref_model=None if peft_config else reference, args=args,
-                                train_dataset=rows, processing_class=tokenizer, peft_config=peft_config)
-    except ValueError as err:  # e.g. LoRA target modules that match nothing, a loss that needs other keys
-        where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
-        raise UserError(where + str(err).splitlines()[0]) from None
+                                                   train_dataset=rows, processing_class=tokenizer,
+                                                   peft_config=peft_config)
     callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir,
                                   at_start=config.eval_at_start)
     callback.attach(trainer)

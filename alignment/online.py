@@ -25,6 +25,7 @@ from recipes.core.config import TrainerDefaults
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
+from recipes.core.stage_kit import lora_config, trainer_refusals
 from recipes.core.training_log import logged
 
 REWARDS = ("proxy", "gold")
@@ -189,7 +190,6 @@ def run_online(config, method: str, trainer_class) -> dict:
     import base_model
     from alignment.common import (
         build_evaluator,
-        causal_lm_peft_config,
         finish_run,
         load_policy,
         load_reward_model,
@@ -224,13 +224,9 @@ def run_online(config, method: str, trainer_class) -> dict:
     reward_func = make_reward_func(config, reward_model, reward_tokenizer)
     evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
     trainer_class = with_exact_resume(trainer_class)
-    try:
+    with trainer_refusals(config):
         trainer = trainer_class(model=policy, reward_funcs=[reward_func], args=trainer_args(config, run.checkpoints_dir),
-                                train_dataset=prompts, processing_class=tokenizer,
-                                peft_config=causal_lm_peft_config(config))
-    except ValueError as err:  # e.g. LoRA target modules that match nothing
-        where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
-        raise UserError(where + str(err).splitlines()[0]) from None
+                                train_dataset=prompts, processing_class=tokenizer, peft_config=lora_config(config))
     evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir,
                                     at_start=config.eval_at_start).attach(trainer)
     attach_progress(trainer, run.stage)

@@ -28,6 +28,7 @@ from recipes.core.config import RunArguments
 from recipes.core.errors import UserError
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.rundir import RunDir, atomic_write_text, require_parent, weights_hash
+from recipes.core.stage_kit import load_eval_prompts
 from recipes.core.stages import METHODS, STAGES
 
 STAGE = "overoptimization"
@@ -130,14 +131,13 @@ def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: Overoptimi
 
     from alignment.best_of_n import best_of, candidates_kl, kl_bound
     from alignment.common import MISSING_EOS_PENALTY, load_policy, load_reward_model
-    from recipes.core.data import load_prompts
     from recipes.core.generation import generate_answers, render_prompts
     from recipes.core.seeds import stream_seed
     from recipes.core.world import gold_reward
     from reward import score
 
     policy, tokenizer = load_policy(sft_dir)
-    prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"][:config.eval_num_prompts]
+    prompts = load_eval_prompts(config)
     pool = [generate_answers(policy, tokenizer, prompts, max_new_tokens=config.eval_max_new_tokens, do_sample=True,
                              batch_size=config.eval_generation_batch_size,
                              seed=stream_seed(config.seed, "best-of-n/candidate", k))

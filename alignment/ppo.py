@@ -29,6 +29,8 @@ from alignment.common import AlignArguments
 from recipes.core.config import RunArguments, TrainerDefaults
 from recipes.core.errors import UserError
 from recipes.core.finite_loss import stops_on_non_finite
+from recipes.core.rundir import step_of
+from recipes.core.stage_kit import lora_config, trainer_refusals
 
 METHOD = "ppo"
 KL_ESTIMATORS = ("k1", "k3")
@@ -132,14 +134,13 @@ def main(config: PPOStageConfig) -> dict:
     import base_model  # noqa: F401
     from alignment.common import (
         build_evaluator,
-        causal_lm_peft_config,
         finish_run,
         load_policy,
         load_reward_model,
         resolve_parents,
         start_run,
     )
-    from alignment.ppo_trainer import PPOTrainer, checkpoints
+    from alignment.ppo_trainer import PPOTrainer
     from recipes.core.distributed import require_one_process
 
     require_one_process("align --method ppo")
@@ -162,17 +163,16 @@ def main(config: PPOStageConfig) -> dict:
                         f"({config.rollout_batch_size} = per_device_train_batch_size x gradient_accumulation_steps "
                         "x num_mini_batches)")
     longest = check_context(config, policy, tokenizer, prompts["prompt"])
-    peft_config = causal_lm_peft_config(config)
+    peft_config = lora_config(config)
     if peft_config is not None:
         from peft import get_peft_model
 
-        try:
+        with trainer_refusals(config):
             policy = get_peft_model(policy, peft_config)
-        except ValueError as err:
-            raise UserError("key 'lora_target_modules': " + str(err).splitlines()[0]) from None
 
     run = start_run(config, METHOD, parents, data={"train_prompts": len(prompts), "longest_prompt_tokens": longest})
-    resume_from = max(checkpoints(run.checkpoints_dir), default=0) if config.resume else 0
+    latest = run.latest_checkpoint() if config.resume else None
+    resume_from = step_of(latest) if latest is not None else 0
     if config.resume and not resume_from:
         print(f"no checkpoint in {run.checkpoints_dir}; starting from rollout 0")
     writer = SummaryWriter(str(run.tb_dir), purge_step=resume_from + 1 if resume_from else None)

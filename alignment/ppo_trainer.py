@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -51,9 +50,7 @@ from alignment import ppo_core as core
 from recipes.core.finite_loss import non_finite_error
 from recipes.core.generation import as_messages, generate_answers, render_prompts
 from recipes.core.kill_switch import kill_if_asked
-from recipes.core.rundir import check_checkpoint, load_checkpoint_state
-
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+from recipes.core.rundir import check_checkpoint, complete_checkpoints, load_checkpoint_state, prune_checkpoints
 
 
 def token_values(value_model, input_ids, attention_mask) -> torch.Tensor:
@@ -310,18 +307,15 @@ class PPOTrainer(_BaseTrainer):
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
-        limit = self.args.save_total_limit
-        if limit:
-            for old in sorted(checkpoints(self.checkpoints_dir))[:-limit]:
-                shutil.rmtree(self.checkpoints_dir / f"checkpoint-{old}")
+        prune_checkpoints(self.checkpoints_dir, self.args.save_total_limit)
 
     def load_checkpoint(self) -> int:
         """Restore the last checkpoint; the number of rollouts it had done (0 when there is none)."""
-        steps = checkpoints(self.checkpoints_dir)
-        if not steps:
+        done = complete_checkpoints(self.checkpoints_dir)
+        if not done:
             return 0
-        check_checkpoint(self.checkpoints_dir / f"checkpoint-{max(steps)}")
-        state = load_checkpoint_state(self.checkpoints_dir / f"checkpoint-{max(steps)}" / "state.pt")
+        check_checkpoint(done[-1])
+        state = load_checkpoint_state(done[-1] / "state.pt")
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -389,12 +383,6 @@ def summary(history: list[dict], seconds: float) -> dict:
     out["train_rollouts"] = float(history[-1]["step"])
     out["train_seconds"] = round(seconds, 2)
     return out
-
-
-def checkpoints(directory: Path) -> list[int]:
-    if not directory.is_dir():
-        return []
-    return [int(m.group(1)) for p in directory.iterdir() if (m := CHECKPOINT.match(p.name)) and (p / "state.pt").is_file()]
 
 
 def num_rollouts(args, dataset_size: int) -> int:

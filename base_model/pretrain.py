@@ -29,7 +29,9 @@ from recipes.core.config import RunArguments
 from recipes.core.errors import UserError
 from recipes.core.kill_switch import kill_if_asked
 from recipes.core.progress import step_bar
-from recipes.core.rundir import RunDir, atomic_write_text, check_checkpoint
+from recipes.core.finite_loss import non_finite_error
+from recipes.core.rundir import RunDir, atomic_write_text, check_checkpoint, complete_checkpoints, prune_checkpoints
+from recipes.core.stage_kit import data_fingerprint, hold_out_last
 from recipes.core.tracking import markdown_table
 
 STAGE = "pretrain"
@@ -131,8 +133,7 @@ def load_documents(config: PretrainConfig) -> tuple[list[str], list[str]]:
     if config.dataset_test_split:
         val = load_text(config.dataset_name, split=config.dataset_test_split, **kwargs)["text"]
     else:
-        cut = max(1, len(train) // 20)
-        train, val = train[:-cut], train[-cut:]
+        train, val = hold_out_last(train)
     train = [t for t in train if t and t.strip()]
     val = [t for t in val if t and t.strip()]
     if not train or not val:
@@ -140,14 +141,6 @@ def load_documents(config: PretrainConfig) -> tuple[list[str], list[str]]:
         raise UserError(f"{config.dataset_name}: split '{split}' holds no non-empty text in "
                         f"column '{config.dataset_text_field}'")
     return train, val
-
-
-def data_fingerprint(config: PretrainConfig) -> str:
-    from recipes.core.data import fingerprint
-
-    parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
-             for split in (config.dataset_train_split, config.dataset_test_split) if split]
-    return hashlib.sha256("/".join([*parts, config.dataset_text_field]).encode()).hexdigest()[:16]
 
 
 def build_tokenizer(config: PretrainConfig, documents: list[str]):
@@ -198,14 +191,6 @@ def step_seed(seed: int, step: int, micro: int, process: int) -> int:
 # Checkpoints
 
 
-def checkpoint_dirs(run: RunDir) -> list[Path]:
-    """Complete checkpoints (their trainer_state.json is written last), oldest first."""
-    if not run.checkpoints_dir.is_dir():
-        return []
-    done = [p for p in run.checkpoints_dir.glob("step-*") if (p / "trainer_state.json").is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
 def save_checkpoint(accelerator, run: RunDir, state: dict, keep: int) -> Path:
     final = run.checkpoints_dir / f"step-{state['step']}"
     tmp = run.checkpoints_dir / f".tmp-step-{state['step']}"
@@ -218,8 +203,7 @@ def save_checkpoint(accelerator, run: RunDir, state: dict, keep: int) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in checkpoint_dirs(run)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
+        prune_checkpoints(run.checkpoints_dir, keep)
     accelerator.wait_for_everyone()
     return final
 
@@ -291,7 +275,7 @@ def main(config: PretrainConfig) -> dict:
     started = time.time()
 
     train_docs, val_docs = load_documents(config)
-    fingerprint = data_fingerprint(config)
+    fingerprint = data_fingerprint(config, tail=config.dataset_text_field)
     if is_main:
         run.start(config, data={"source": config.dataset_name, "fingerprint": fingerprint,
                                 "train_documents": len(train_docs), "validation_documents": len(val_docs)})
@@ -332,7 +316,7 @@ def main(config: PretrainConfig) -> dict:
 
     step, initial_eval_loss = 0, None
     if config.resume:
-        checkpoints = checkpoint_dirs(run)
+        checkpoints = complete_checkpoints(run.checkpoints_dir)
         if checkpoints:
             check_checkpoint(checkpoints[-1])
             accelerator.load_state(str(checkpoints[-1]))
@@ -384,9 +368,7 @@ def main(config: PretrainConfig) -> dict:
         loss_value = accelerator.reduce(loss_sum, reduction="mean").item()
         for name, value in (("training loss", loss_value), ("gradient norm", float(grad_norm))):
             if not math.isfinite(value):  # stop before the update: the weights and checkpoints stay finite
-                last_good = checkpoint_dirs(run)
-                raise UserError(f"{name} became {value} at step {step + 1}; last good checkpoint: "
-                                f"{last_good[-1] if last_good else 'none'} (lower learning_rate, or check the data)")
+                raise non_finite_error(name, value, step + 1, run.checkpoints_dir)
         kill_if_asked(step + 1)
         optimizer.step()
         scheduler.step()

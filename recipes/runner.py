@@ -28,7 +28,7 @@ import yaml
 
 from recipes.core.config import config_dict
 from recipes.core.errors import UserError
-from recipes.core.rundir import RunDir, weights_hash
+from recipes.core.rundir import RunDir, changed_keys, weights_hash
 from recipes.core.stages import METHODS, STAGES, StageSpec
 
 ALIGN_PREFIX = "align-"
@@ -143,21 +143,11 @@ def recorded_parents(manifest: dict) -> list[tuple[str, Path, str]]:
     return parents
 
 
-def changed_keys(run: RunDir, config: Any) -> list[str] | None:
-    """Keys whose value differs between the run's saved config.yaml and `config` (None: no readable config.yaml)."""
-    try:
-        saved = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    current = config_dict(config)
-    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-
-
 def resumable(run: RunDir, config: Any) -> bool:
     """An interrupted run of this very config with checkpoints to continue from (in place, or a staged rerun)."""
     run = run.interrupted_rerun() or run
     manifest = run.manifest()
-    return bool(manifest and manifest.get("status") != "finished" and changed_keys(run, config) == []
+    return bool(manifest and manifest.get("status") != "finished" and changed_keys(run.config_path, config) == []
                 and run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir()))
 
 
@@ -168,7 +158,7 @@ def reason_to_run(run: RunDir, config: Any) -> str | None:
         return "not run yet"
     if not run.is_finished():
         return "its last run did not finish"
-    changed = changed_keys(run, config)
+    changed = changed_keys(run.config_path, config)
     if changed is None:
         return "its config.yaml is missing or unreadable"
     if changed:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import time
 from pathlib import Path
 
 import trl
 
 from recipes.core.config import LoraArguments, RunArguments, TrainerDefaults
+from recipes.core.data import fingerprint
 from recipes.core.distributed import claim_run
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
@@ -28,6 +28,8 @@ from recipes.core.finite_loss import guarded_train
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.progress import attach_progress
 from recipes.core.rundir import RunDir, require_parent, weights_hash
+from recipes.core.stage_kit import (data_fingerprint, hold_out_last, load_eval_prompts, lora_config, resolve_max_length,
+                                    trainer_refusals)
 from recipes.core.training_log import logged, mean_train_loss
 
 STAGE = "sft"
@@ -132,8 +134,7 @@ def load_data(config: SFTStageConfig):
     if config.dataset_test_split:
         test = load_conversations(config.dataset_name, split=config.dataset_test_split, **kwargs)
     else:
-        cut = max(1, len(train) // 20)
-        train, test = train.select(range(len(train) - cut)), train.select(range(len(train) - cut, len(train)))
+        train, test = hold_out_last(train)
     if len(train) == 0:
         raise UserError(f"{config.dataset_name}: split '{config.dataset_train_split}' holds no conversations")
     return train, test
@@ -150,45 +151,6 @@ def drop_too_long(dataset, tokenizer, max_length: int):
     return (dataset if len(keep) == len(dataset) else dataset.select(keep)), len(dataset) - len(keep)
 
 
-def resolve_max_length(config: SFTStageConfig, model) -> int:
-    context = model.config.max_position_embeddings
-    max_length = config.max_length or context
-    if max_length > context:
-        raise UserError(f"key 'max_length' ({max_length}) exceeds the model's context ({context})")
-    return max_length
-
-
-def load_eval_prompts(config: SFTStageConfig) -> list:
-    if not config.eval_prompts:
-        return []
-    from recipes.core.data import load_prompts
-
-    prompts = load_prompts(config.eval_prompts, split="test")["prompt"]
-    return list(prompts[: config.eval_num_prompts])
-
-
-def data_fingerprint(config: SFTStageConfig) -> str:
-    from recipes.core.data import fingerprint
-
-    parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
-             for split in (config.dataset_train_split, config.dataset_test_split) if split]
-    if config.eval_prompts:
-        parts.append(fingerprint(config.eval_prompts, split="test"))
-    return hashlib.sha256("/".join([*parts, config.dataset_format]).encode()).hexdigest()[:16]
-
-
-def peft_config(config: SFTStageConfig):
-    if not config.use_peft:
-        return None
-    from peft import LoraConfig
-
-    targets = config.lora_target_modules or "all-linear"
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-
-
 def trainer_args(config: SFTStageConfig, output_dir: Path, max_length: int) -> SFTStageConfig:
     """The config as the trainer sees it: output in the run's checkpoints/, max_length resolved."""
     args = copy.copy(config)
@@ -199,14 +161,11 @@ def trainer_args(config: SFTStageConfig, output_dir: Path, max_length: int) -> S
 
 def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, output_dir: Path, callbacks=()):
     max_length = resolve_max_length(config, model)
-    try:
+    with trainer_refusals(config):
         return with_exact_resume(trl.SFTTrainer)(
             model=model, args=trainer_args(config, output_dir, max_length), train_dataset=train,
             eval_dataset=test if len(test) else None, processing_class=tokenizer,
-            peft_config=peft_config(config), callbacks=list(callbacks))
-    except ValueError as err:  # e.g. LoRA target modules that match nothing
-        where = "key 'lora_target_modules': " if config.use_peft and "arget module" in str(err) else ""
-        raise UserError(where + f"{err}".splitlines()[0]) from None
+            peft_config=lora_config(config), callbacks=list(callbacks))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,14 +174,14 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 
 def main(config: SFTStageConfig) -> dict:
 
-    from recipes.sft_callbacks import GoldEvalCallback
+    from recipes.sft_callbacks import SFTGoldEvalCallback
     from recipes.core.tracking import route_trainer_events
 
     started = time.time()
     run = RunDir.for_config(config, STAGE)
     model_path, parent = resolve_model_path(config)
     train, test = load_data(config)
-    prompts = load_eval_prompts(config)
+    prompts = load_eval_prompts(config, split="test") if config.eval_prompts else []
     model, tokenizer = load_model(model_path)
     max_length = resolve_max_length(config, model)
     config = copy.copy(config)
@@ -235,7 +194,9 @@ def main(config: SFTStageConfig) -> dict:
     if train_dropped or test_dropped:
         print(f"dropped {train_dropped} training and {test_dropped} evaluation conversations longer than "
               f"max_length={max_length} tokens")
-    data = {"source": config.dataset_name, "fingerprint": data_fingerprint(config),
+    eval_fingerprint = [fingerprint(config.eval_prompts, split="test")] if config.eval_prompts else []
+    data = {"source": config.dataset_name,
+            "fingerprint": data_fingerprint(config, *eval_fingerprint, tail=config.dataset_format),
             "train_conversations": len(train), "eval_conversations": len(test),
             "dropped_too_long": {"train": train_dropped, "eval": test_dropped},
             "eval_prompts": config.eval_prompts, "eval_num_prompts": len(prompts), "model": str(model_path)}
@@ -244,7 +205,7 @@ def main(config: SFTStageConfig) -> dict:
     claim_run(run, lambda: run.start(config, parent=parent, data=data))
     route_trainer_events(run)
 
-    gold = GoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,
+    gold = SFTGoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,
                             batch_size=config.per_device_eval_batch_size)
     trainer = build_trainer(config, model, tokenizer, train, test, output_dir=run.checkpoints_dir,
                             callbacks=[gold])

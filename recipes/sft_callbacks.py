@@ -29,7 +29,7 @@ def scalar_tag(key: str) -> str:
     return "gold/" + key
 
 
-class GoldEvalCallback(TrainerCallback):
+class SFTGoldEvalCallback(TrainerCallback):
     def __init__(self, tokenizer, prompts: list, *, run: RunDir, max_new_tokens: int, batch_size: int):
         self.tokenizer, self.prompts, self.run = tokenizer, list(prompts), run
         self.generation = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -11,7 +11,6 @@ margins; to TensorBoard (`reward_eval/...`, also at every trainer evaluation) an
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from recipes.core.model_dirs import check_model_dir
 from recipes.core.progress import attach_progress
 from recipes.core.rundir import RunDir, require_parent
 from recipes.core.seeds import stream_seed
+from recipes.core.stage_kit import data_fingerprint, hold_out_last, load_eval_prompts, lora_config, trainer_refusals
 from recipes.core.training_log import logged, mean_train_loss
 
 STAGE = "reward"
@@ -38,6 +38,7 @@ PARENT = "sft"
 # Rows sampled at once for sft_sample_pairs: sampling keeps no activations for a backward pass, and
 # on a 2-core CPU 128 rows ran 1.7x faster than 32 (tinyworld SFT answers, finished rows dropped).
 PAIR_SAMPLING_BATCH = 128
+ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # LoRA's default targets in a reward model
 
 
 @dataclasses.dataclass
@@ -160,9 +161,7 @@ def load_pairs(config: RewardStageConfig):
     if config.dataset_test_split:
         test = load(config.dataset_test_split)
     else:
-        cut = max(1, len(train["prompt"]) // 20)
-        test = {k: v[-cut:] for k, v in train.items()}
-        train = {k: v[:-cut] for k, v in train.items()}
+        train, test = hold_out_last(train)
     for split, columns in ((config.dataset_train_split, train), (config.dataset_test_split or "held-out 5%", test)):
         if not columns["prompt"]:
             raise UserError(f"{config.dataset_name}: split '{split}' holds no preference pairs")
@@ -185,14 +184,6 @@ def flip_labels(pairs: dict[str, list], rate: float, seed: int) -> dict[str, lis
     return {**pairs, "chosen": chosen, "rejected": rejected}
 
 
-def data_fingerprint(config: RewardStageConfig) -> str:
-    from recipes.core.data import fingerprint
-
-    parts = [fingerprint(config.dataset_name, split=split, config=config.dataset_config)
-             for split in (config.dataset_train_split, config.dataset_test_split) if split]
-    return hashlib.sha256("/".join([*parts, config.dataset_format]).encode()).hexdigest()[:16]
-
-
 def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
     """(Bradley-Terry temperature, flip rate) of the labels: from the config, else the world's size."""
     temperature, flip_rate = config.annotator_bt_temperature, config.annotator_flip_rate
@@ -206,15 +197,6 @@ def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
     if temperature is None:
         return None
     return temperature, flip_rate or 0.0
-
-
-def load_eval_prompts(config: RewardStageConfig) -> list:
-    from recipes.core.data import load_prompts
-
-    prompts = load_prompts(config.eval_prompts, split=config.eval_prompts_split)["prompt"]
-    if not prompts:
-        raise UserError(f"key 'eval_prompts': {config.eval_prompts} split '{config.eval_prompts_split}' holds no prompts")
-    return prompts[:config.eval_num_prompts]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,21 +239,11 @@ def load_policy(model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(str(model_dir))
 
 
-def peft_config(config: RewardStageConfig):
-    if not config.use_peft:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, modules_to_save=["score"],
-                      target_modules=config.lora_target_modules or ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
 # ----------------------------------------------------------------------------------------------
 # The stage
 
 
-class GoldEvalCallback(TrainerCallback):
+class RewardGoldCheckCallback(TrainerCallback):
     """At each trainer evaluation, the gold checks of reward/evaluate.py on the same pairs and samples."""
 
     def __init__(self, evaluate):
@@ -302,7 +274,7 @@ def main(config: RewardStageConfig) -> dict:
                             "and annotator_flip_rate, or train on world data")
         distinct_prompts(train_pairs["prompt"], config.sft_sample_pairs)
     claim_run(run, lambda: run.start(config, parent=parent, data={
-        "source": config.dataset_name, "fingerprint": data_fingerprint(config), "train_pairs": len(train_pairs),
+        "source": config.dataset_name, "fingerprint": data_fingerprint(config, tail=config.dataset_format), "train_pairs": len(train_pairs),
         "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts, "model": str(model_dir)}))
     config.output_dir = str(run.checkpoints_dir)  # after start: config.yaml keeps output_dir unset
 
@@ -331,11 +303,13 @@ def main(config: RewardStageConfig) -> dict:
                                      batch_size=config.per_device_eval_batch_size, max_length=config.max_length,
                                      writer=writer, step=step)
 
-    callback = GoldEvalCallback(gold_eval)
-    trainer = with_exact_resume(trl.RewardTrainer)(
-        model=model, args=config, train_dataset=train_pairs,
-        eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
-        processing_class=tokenizer, peft_config=peft_config(config), callbacks=[callback])
+    callback = RewardGoldCheckCallback(gold_eval)
+    lora = lora_config(config, "SEQ_CLS", ATTENTION_PROJECTIONS, modules_to_save=["score"])
+    with trainer_refusals(config):
+        trainer = with_exact_resume(trl.RewardTrainer)(
+            model=model, args=config, train_dataset=train_pairs,
+            eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
+            processing_class=tokenizer, peft_config=lora, callbacks=[callback])
     attach_progress(trainer, STAGE)
 
     guarded_train(trainer, run.resume_checkpoint(config.resume))

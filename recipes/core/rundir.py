@@ -125,8 +125,27 @@ def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     """Every stage's complete checkpoints (checkpoint-N or step-N whose trainer_state.json, or PPO's state.pt,
     was written last), oldest first: one killed while saving is not among them."""
     done = [p for p in Path(checkpoints_dir).glob("*-*") if p.name.split("-")[-1].isdigit()
+            and not p.name.startswith(".")  # a save in progress (.tmp-step-N) is not a checkpoint yet
             and ((p / "trainer_state.json").is_file() or (p / "state.pt").is_file())]
     return sorted(done, key=step_of)
+
+
+def prune_checkpoints(checkpoints_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (`save_total_limit`; 0 or None keeps every one)."""
+    for old in complete_checkpoints(checkpoints_dir)[:-keep] if keep and keep > 0 else []:
+        shutil.rmtree(old)
+
+
+def changed_keys(config_path: Path, config: Any) -> list[str] | None:
+    """Keys whose value differs between a saved config.yaml and `config` (None: no readable config.yaml)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    current = config_dict(config)
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
 def check_checkpoint(checkpoint: Path) -> None:
@@ -284,11 +303,10 @@ class RunDir:
             raise
 
     def _check_same_config(self, config: Any) -> None:
-        import yaml
-
-        saved = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
-        current = config_dict(config)
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        changed = changed_keys(self.config_path, config)
+        if changed is None:
+            raise UserError(f"{self.config_path}: --resume needs the interrupted run's config.yaml, which is missing "
+                            "or unreadable; pass --overwrite to start over")
         if changed:
             raise UserError(f"{self.config_path}: --resume needs the same config as the interrupted run; "
                             f"these keys differ: {', '.join(changed)}")
