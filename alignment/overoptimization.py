@@ -24,6 +24,8 @@ import math
 import time
 from pathlib import Path
 
+from alignment.gao_fits import fit_gao
+from alignment.overoptimization_plot import plot, table
 from recipes.core.config import RunArguments
 from recipes.core.errors import UserError
 from recipes.core.model_dirs import check_model_dir
@@ -85,38 +87,6 @@ class OveroptimizationConfig(RunArguments):
     def proxies(self) -> list[tuple[str, int, float]]:
         return [(f"reward-{n}pairs" + (f"-flip{round(r * 100)}" if r else ""), n, r)
                 for n, r in zip(self.proxy_pairs, self.proxy_flip_rates)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Gao et al.'s functional forms
-
-
-def fit_gao(d, gain, method: str) -> dict:
-    """Least-squares alpha, beta of gain(d) = d (alpha - beta d) (best-of-n) or d (alpha - beta log d) (RL),
-    and the fitted peak (d*, gain at d*) over d >= 0; the peak is None when the fit never turns down
-    (beta <= 0), and d* = 0 when gold falls from the start."""
-    import numpy as np
-
-    d, gain = np.asarray(d, float), np.asarray(gain, float)
-    keep = d > 0
-    d, gain = d[keep], gain[keep]
-    if len(d) < 2:
-        return {"alpha": None, "beta": None, "peak_d": None, "peak_gain": None}
-    second = d * d if method == "best-of-n" else d * np.log(d)
-    (alpha, beta), *_ = np.linalg.lstsq(np.stack([d, -second], axis=1), gain, rcond=None)
-    peak = None
-    if beta > 1e-9 * max(1.0, abs(alpha)):  # a beta of rounding size means a curve that never turns down
-        peak = alpha / (2 * beta) if method == "best-of-n" else math.exp(alpha / beta - 1)
-        peak = max(peak, 0.0)  # best-of-n with alpha <= 0: gold only falls, its best is the SFT model
-    return {"alpha": float(alpha), "beta": float(beta), "peak_d": None if peak is None else float(peak),
-            "peak_gain": None if peak is None else float(gao_curve(peak, alpha, beta, method))}
-
-
-def gao_curve(d, alpha: float, beta: float, method: str):
-    import numpy as np
-
-    d = np.asarray(d, float)
-    return d * (alpha - beta * (d if method == "best-of-n" else np.log(np.maximum(d, 1e-12))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +230,6 @@ def main(config: OveroptimizationConfig) -> dict:
             entry["methods"][method] = {"points": points, "base_gold": base, "fit": fit}
         results["proxies"][name] = entry
 
-    from alignment.overoptimization_plot import plot, table
 
     plot(run.path / "overoptimization.png", results)
     atomic_write_text(run.path / "results.json", json.dumps(results, indent=2) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from alignment.gao_fits import gao_curve
 from recipes.core.rundir import atomic_savefig
 
 MARKERS = {"best-of-n": "o", "ppo": "s"}
@@ -18,8 +19,6 @@ def plot(path: Path, results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from alignment.overoptimization import gao_curve
 
     proxies = results["proxies"]
     fig, axes = plt.subplots(1, len(proxies), figsize=(5.2 * len(proxies), 4.4), squeeze=False)

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import (
 )
 
 from .model import RMSNorm, Block, attention_mask_4d, positions_from_mask, residual_std, rope_cos_sin
+from .sampler import generate_fast
 
 # transformers 5.24 renamed the KV cache, argument and output field alike, from `past_key_values` to `cache`;
 # its `generate` passes `cache=` and reads `outputs["cache"]`, while 5.0-5.23 use only `past_key_values`. The
@@ -178,6 +179,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     """Backbone + language-model head tied to the token embeddings."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    takes_lab_sampler = True  # base_model/sampler.py's fast path (fast_path_ok reads this class's own mark)
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)
@@ -195,8 +197,6 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
         """transformers' `generate`, except that plain greedy or sampled decoding (what TRL's GRPO and
         RLOO ask for) runs on the lab's sampler: same tokens, same distribution, several times faster
         on a CPU. See `sampler.generate_fast` for what counts as plain."""
-        from .sampler import generate_fast
-
         out = generate_fast(self, inputs, generation_config, kwargs)
         return out if out is not None else super().generate(inputs, generation_config, **kwargs)
 

@@ -37,9 +37,9 @@ from .model import RMSNorm
 
 def fast_path_ok(model) -> bool:
     """True for our GPTForCausalLM whose weights are plain tensors in plain nn.Linear layers."""
-    from .hf import GPTForCausalLM
-
-    if type(model) is not GPTForCausalLM:  # a peft wrapper or a foreign model
+    # The class says so itself (base_model/hf.py), so this module needs no import of it; a peft wrapper, a
+    # subclass or a foreign model lacks the mark in its own class dictionary.
+    if not type(model).__dict__.get("takes_lab_sampler", False):
         return False
     for layer in model.model.layers:
         linears = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.self_attn.o_proj,

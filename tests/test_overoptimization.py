@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from alignment.overoptimization import fit_gao, gao_curve
+from alignment.gao_fits import fit_gao, gao_curve
 from recipes.cli import main as rlhf_lab
 from reward.train import flip_labels
 
