@@ -13,9 +13,15 @@ import dataclasses
 import json
 from pathlib import Path
 
+import base_model
+from alignment.best_of_n import REWARD_SUBDIR, SPEC_FILE
+from alignment.common import load_policy, load_reward_model
 from recipes.core.errors import UserError
+from recipes.core.generation import generate_answers
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.seeds import stream_seed
+from recipes.core.world import gold_reward
+from reward import score
 
 
 @dataclasses.dataclass
@@ -32,9 +38,6 @@ class Answerer:
         return int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
 
     def answer(self, prompts: list, *, max_new_tokens: int, temperature: float, seed: int = 0):
-        from recipes.core.generation import generate_answers
-        from reward import score
-
         sampling = dict(do_sample=temperature > 0, temperature=temperature or 1.0)
         if self.best_of_n == 1:
             return generate_answers(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed,
@@ -60,9 +63,6 @@ def model_dir_of(path: Path, kind: str = "policy") -> Path:
 
 
 def load_answerer(path: str | Path) -> Answerer:
-    from alignment.best_of_n import REWARD_SUBDIR, SPEC_FILE
-    from alignment.common import load_policy, load_reward_model
-
     path = Path(path)
     model_dir = model_dir_of(path)
     name = path.name if model_dir != path else (path.parent.name if path.name == "model" else path.name)
@@ -86,9 +86,6 @@ class Proxy:
 
 def find_reward_model(run_dirs: list[str], explicit: str | None) -> Proxy | None:
     """The proxy reward model: `explicit`, else the recipe's reward/model beside the first run; None if neither."""
-    import base_model
-    from alignment.common import load_reward_model
-
     candidates = [model_dir_of(Path(explicit), "reward")] if explicit else []
     for run_dir in map(Path, run_dirs):
         recipe_runs = run_dir.parent.parent if run_dir.name == "model" else run_dir.parent
@@ -101,9 +98,6 @@ def find_reward_model(run_dirs: list[str], explicit: str | None) -> Proxy | None
 
 def scores(prompts: list, answers, proxy_model: Proxy | None) -> list[dict]:
     """Gold total and family of each answer (world prompts), and the proxy's score when there is a reward model."""
-    from recipes.core.world import gold_reward
-    from reward import score
-
     proxy = [None] * len(answers) if proxy_model is None else score(
         proxy_model.model, proxy_model.tokenizer, prompts, [a.text for a in answers], ended=[a.ended for a in answers])
     out = []

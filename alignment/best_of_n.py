@@ -32,8 +32,25 @@ import json
 import math
 import time
 
-from alignment.common import AlignArguments
+from alignment.common import (
+    AlignArguments,
+    build_evaluator,
+    load_policy,
+    load_reward_model,
+    record_per_prompt,
+    resolve_parents,
+    start_run,
+)
+from alignment.evaluate import answer_logprobs, write
 from recipes.core.config import RunArguments
+from recipes.core.data import fingerprint
+from recipes.core.distributed import require_one_process
+from recipes.core.generation import generate_answers
+from recipes.core.kill_switch import kill_if_asked
+from recipes.core.progress import step_bar
+from recipes.core.rundir import atomic_write_text, weights_hash
+from recipes.core.seeds import stream_seed
+from reward import score
 
 METHOD = "best-of-n"
 SPEC_FILE = "best_of_n.json"
@@ -122,12 +139,6 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_pe
     """(chosen answers, proxy scores [slot][candidate], the scores the choice maximised (proxy less
     `missing_eos_penalty` for a cut-off answer) [slot][candidate], chosen index per slot, all candidates
     [candidate][slot])."""
-    from recipes.core.generation import generate_answers
-    from recipes.core.kill_switch import kill_if_asked
-    from recipes.core.progress import step_bar
-    from recipes.core.seeds import stream_seed
-    from reward import score
-
     samples = []
     bar = step_bar(n, f"{METHOD} samples")
     for k in range(n):
@@ -147,8 +158,6 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_pe
 
 def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
     """model/: the SFT model and tokenizer, the reward model under reward_model/, and best_of_n.json."""
-    from recipes.core.rundir import atomic_write_text
-
     run.save_model(sft_model, tokenizer)
     reward_dir = run.model_dir / REWARD_SUBDIR
     reward_model.save_pretrained(str(reward_dir))
@@ -159,21 +168,7 @@ def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
 def main(config: BestOfNConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    from recipes.core.distributed import require_one_process
-
     require_one_process("align --method best-of-n")
-
-    from alignment.common import (
-        build_evaluator,
-        load_policy,
-        load_reward_model,
-        record_per_prompt,
-        resolve_parents,
-        start_run,
-    )
-    from alignment.evaluate import write
-    from recipes.core.data import fingerprint
-    from recipes.core.rundir import weights_hash
 
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
@@ -230,8 +225,6 @@ def candidates_kl(sft_model, prompt_ids, samples, rewards, n: int, *, temperatur
     """Mean over answer slots of `estimated_kl` from the slot's first n candidates (`samples[k][slot]`, chosen by
     `rewards[slot][k]`). Only answers drawn twice or more in a slot need their SFT log-probability: those are
     the ones scored."""
-    from alignment.evaluate import answer_logprobs
-
     slots = range(len(prompt_ids))
     ids = [[tuple(samples[k][i].token_ids) for k in range(n)] for i in slots]
     repeated = [(i, k) for i in slots for k in range(n) if ids[i].count(ids[i][k]) > 1 and ids[i].index(ids[i][k]) == k]

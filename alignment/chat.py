@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 
+from alignment.answerers import find_reward_model, load_answerer, score_line, scores
+from recipes.core.config import CommandParser
 from recipes.core.errors import UserError
+from recipes.core.generation import render_prompts
 
 
 def fit_history(answerer, messages: list[dict], max_new_tokens: int) -> list[dict]:
     """The latest turns that fit the context with room for the answer (always the last user message)."""
-    from recipes.core.generation import render_prompts
-
     kept = list(messages)
     while answerer.context and len(render_prompts(answerer.tokenizer, [kept])[0]) + max_new_tokens > answerer.context:
         if len(kept) <= 1:
@@ -29,8 +30,6 @@ def fit_history(answerer, messages: list[dict], max_new_tokens: int) -> list[dic
 
 
 def chat(answerer, proxy, *, temperature: float, max_new_tokens: int, seed: int, read=input, write=print) -> int:
-    from alignment.answerers import score_line, scores
-
     write(f"chatting with {answerer.name}" + (f" (best of {answerer.best_of_n})" if answerer.best_of_n > 1 else "")
           + "; /reset for a new conversation, /quit to leave")
     messages: list[dict] = []
@@ -65,8 +64,6 @@ def chat(answerer, proxy, *, temperature: float, max_new_tokens: int, seed: int,
 
 
 def parser() -> argparse.ArgumentParser:
-    from recipes.core.config import CommandParser
-
     p = CommandParser(prog="rlhf-lab chat", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (e.g. runs/tinyworld/align-ppo) or a saved model")
     p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
@@ -77,8 +74,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str]) -> int:
-    from alignment.answerers import find_reward_model, load_answerer
-
     args = parser().parse_args(argv)
     if args.max_new_tokens <= 0 or args.temperature < 0:
         raise UserError("command line: --max_new_tokens must be positive and --temperature not negative")

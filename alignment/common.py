@@ -14,9 +14,13 @@ import json
 import time
 from pathlib import Path
 
+import base_model  # noqa: F401  (registers the architecture with the Auto classes)
+from alignment.evaluate import Evaluator
 from recipes.core.config import LoraArguments
+from recipes.core.data import fingerprint
+from recipes.core.distributed import process_state
 from recipes.core.model_dirs import check_model_dir
-from recipes.core.rundir import RunDir, require_parent, weights_hash
+from recipes.core.rundir import RunDir, atomic_write_text, require_parent, weights_hash
 from recipes.core.stage_kit import load_eval_prompts
 
 MISSING_EOS_PENALTY = 1.0
@@ -107,14 +111,12 @@ def resolve_parents(config, *, needs_reward: bool) -> Parents:
 
 def load_policy(path: Path):
     """A causal LM and its tokenizer from a saved directory."""
-    import base_model  # noqa: F401  (registers the architecture with the Auto classes)
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(path)), base_model.load_tokenizer(str(path))
 
 
 def load_reward_model(path: Path):
-    import base_model  # noqa: F401
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
@@ -125,8 +127,6 @@ def load_reward_model(path: Path):
 def build_evaluator(config, sft_model, tokenizer, reward_model=None, sft_dir: Path | None = None):
     """The one evaluation; with `sft_dir` (where the SFT weights came from) the SFT baseline's answers are
     sampled once per recipe and cached for every method."""
-    from alignment.evaluate import Evaluator
-
     return Evaluator(sft_model, tokenizer, load_eval_prompts(config), reward_model=reward_model,
                      sft_weights=weights_hash(sft_dir) if sft_dir is not None else None,
                      max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
@@ -141,8 +141,6 @@ def run_name(config, method: str) -> str:
 
 def start_run(config, method: str, parents: Parents, data: dict | None = None) -> RunDir:
     """Claim runs/<recipe>/align-<method>/ (or run_name), recording the SFT parent and the reward model used."""
-    from recipes.core.data import fingerprint
-
     run = RunDir.for_config(config, run_name(config, method))
     data = {"method": method, "source": config.dataset_name,
             "fingerprint": fingerprint(config.dataset_name, split=config.dataset_train_split,
@@ -164,8 +162,6 @@ PER_PROMPT_FILE = "eval_per_prompt.json"
 def record_per_prompt(run: RunDir, evaluator) -> None:
     """The final evaluation prompt by prompt (gold, the SFT baseline's gold, win score), which `compare` pairs
     across methods."""
-    from recipes.core.rundir import atomic_write_text
-
     if evaluator.recorded is not None:
         atomic_write_text(run.path / PER_PROMPT_FILE, json.dumps(evaluator.recorded) + "\n")
 
@@ -173,8 +169,6 @@ def record_per_prompt(run: RunDir, evaluator) -> None:
 def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float, evaluator) -> dict:
     """Save the aligned model (merged if LoRA), the final evaluation per prompt and the final metrics, and
     print the headline numbers (on the main process only, under `accelerate launch`)."""
-    from recipes.core.distributed import process_state
-
     metrics = {**metrics, "wall_time_s": round(time.time() - started, 2)}
     if not process_state().is_main_process:
         return metrics

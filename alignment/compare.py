@@ -34,6 +34,10 @@ import math
 import re
 from pathlib import Path
 
+from alignment.common import PER_PROMPT_FILE
+from alignment.compare_plots import read_curves, write_plots
+from alignment.compare_tensorboard import write_tensorboard
+from recipes.core.config import CommandParser
 from recipes.core.errors import UserError
 from recipes.core.rundir import atomic_write_text, now
 from recipes.core.stages import METHODS
@@ -94,8 +98,6 @@ def loss_of(path: Path) -> str | None:
 
 
 def per_prompt_of(path: Path) -> dict | None:
-    from alignment.common import PER_PROMPT_FILE
-
     try:
         return json.loads((path / PER_PROMPT_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -312,9 +314,6 @@ def is_up_to_date(config: CompareConfig) -> bool:
 
 
 def main(config: CompareConfig) -> dict:
-    from alignment.compare_plots import read_curves, write_plots
-    from alignment.compare_tensorboard import write_tensorboard
-
     recipe_runs = Path(config.run_dir)
     runs = collect(recipe_runs)
     rows, columns = build_rows(runs)
@@ -355,8 +354,6 @@ def pairs_csv(pairs: list[dict]) -> str:
 
 
 def cli(argv: list[str]) -> int:
-    from recipes.core.config import CommandParser
-
     parser = CommandParser(prog="rlhf-lab compare", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="the recipe's run directory, e.g. runs/tinyworld")
     args = parser.parse_args(argv)

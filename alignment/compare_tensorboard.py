@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from recipes.core.tracking import markdown_table
+
 HPARAM_METRIC_PREFIX = "compare/"
 # Charts of the custom-scalars layout: (category, [(title, tag regexes)]).
 LAYOUT = [
@@ -55,7 +57,6 @@ def write_tensorboard(tb_dir: Path, runs, rows: list[dict], columns) -> None:
     if tb_dir.exists():
         shutil.rmtree(tb_dir)  # rewritten whole: a second compare must not add a second copy of each session
     tb_dir.mkdir(parents=True)
-    from recipes.core.tracking import markdown_table
 
     by_name = {r.name: r for r in runs}
     with SummaryWriter(str(tb_dir)) as writer:

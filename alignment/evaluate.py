@@ -39,6 +39,7 @@ from recipes.core.gold_eval import score_answers, summarize
 from recipes.core.seeds import stream_seed
 from recipes.core.statistics import bootstrap_interval, paired_difference
 from recipes.core.tracking import markdown_table
+from reward import score
 
 TB_PREFIX = "gold_eval"
 
@@ -195,8 +196,6 @@ class Evaluator:
                              "gold": gold_by_prompt.tolist(),
                              "sft_gold": sft_by_prompt.tolist(), "win": wins.tolist()}
         if self.reward_model is not None:
-            from reward import score
-
             proxy = score(self.reward_model, self.tokenizer, prompts, [a.text for a in answers],
                           ended=[a.ended for a in answers], batch_size=self.batch_size)
             metrics["proxy_reward"] = float(np.mean(proxy))

@@ -21,11 +21,28 @@ import hashlib
 import json
 import time
 
+from alignment.common import (
+    build_evaluator,
+    finish_run,
+    load_policy,
+    load_reward_model,
+    resolve_parents,
+    run_name,
+    start_run,
+)
+from alignment.evaluate import EvaluationCallback
+from alignment.proxy_pairs import concatenate_pairs, proxy_ranked_pairs
 from recipes.core.config import TrainerDefaults
+from recipes.core.data import load_preferences
+from recipes.core.distributed import claim_run
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
+from recipes.core.generation import distinct
+from recipes.core.progress import attach_progress
+from recipes.core.rundir import RunDir, weights_hash
 from recipes.core.stage_kit import load_eval_prompts, lora_config, resolve_max_length, trainer_refusals
+from recipes.core.tracking import route_trainer_events
 from recipes.core.training_log import logged, mean_train_loss
 
 
@@ -78,8 +95,6 @@ class OfflineArguments(TrainerDefaults):
 
 def load_pairs(config):
     """The recipe's preference pairs (conversational prompt/chosen/rejected)."""
-    from recipes.core.data import load_preferences
-
     pairs = load_preferences(config.dataset_name, format=config.dataset_format, split=config.dataset_train_split,
                              config=config.dataset_config)
     if len(pairs) == 0:
@@ -121,21 +136,6 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
 
     `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
     """
-    from alignment.common import (
-        build_evaluator,
-        finish_run,
-        load_policy,
-        load_reward_model,
-        resolve_parents,
-        run_name,
-        start_run,
-    )
-    from alignment.evaluate import EvaluationCallback
-    from recipes.core.distributed import claim_run
-    from recipes.core.progress import attach_progress
-    from recipes.core.rundir import RunDir
-    from recipes.core.tracking import route_trainer_events
-
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
     policy, tokenizer = load_policy(parents.sft_dir)
@@ -148,10 +148,6 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     config.max_length = max_length  # config.yaml records the resolved value
     pairs, sampled = load_pairs(config), {}
     if config.sft_sample_pairs:
-        from alignment.proxy_pairs import concatenate_pairs, proxy_ranked_pairs
-        from recipes.core.generation import distinct
-        from recipes.core.rundir import weights_hash
-
         prompts = distinct(pairs["prompt"], config.sft_sample_pairs)
         print(f"sampling {config.sft_samples_per_prompt} SFT answers to each of {len(prompts)} prompts, "
               f"ranked by the reward model")

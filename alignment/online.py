@@ -21,12 +21,31 @@ import dataclasses
 import os
 import time
 
+import base_model
+from alignment.common import (
+    build_evaluator,
+    finish_run,
+    load_policy,
+    load_reward_model,
+    resolve_parents,
+    run_name,
+    start_run,
+)
+from alignment.evaluate import EvaluationCallback
 from recipes.core.config import TrainerDefaults
+from recipes.core.data import load_prompts
+from recipes.core.distributed import claim_run
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
+from recipes.core.generation import render_prompts
+from recipes.core.progress import attach_progress
+from recipes.core.rundir import RunDir
 from recipes.core.stage_kit import lora_config, trainer_refusals
+from recipes.core.tracking import route_trainer_events
 from recipes.core.training_log import logged
+from recipes.core.world import make_gold_reward_func
+from reward import score
 
 REWARDS = ("proxy", "gold")
 
@@ -99,8 +118,6 @@ def make_proxy_reward_func(reward_model, tokenizer, *, batch_size: int = 32, mis
     """A TRL reward function scoring with the trained reward model, rendered as in its training
     (`reward.score`: the chat template; a cut-off answer without its end of turn, and `missing_eos_penalty`
     off its score, as PPO does)."""
-    from reward import score
-
     def proxy_reward(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
         ended = ended_flags(completion_ids, tokenizer.eos_token_id)
         return score(reward_model, tokenizer, list(prompts), list(completions), ended=ended, batch_size=batch_size,
@@ -111,8 +128,6 @@ def make_proxy_reward_func(reward_model, tokenizer, *, batch_size: int = 32, mis
 
 def make_reward_func(config, reward_model, tokenizer):
     if config.reward == "gold":
-        from recipes.core.world import make_gold_reward_func
-
         return counting_tokens(make_gold_reward_func(tokenizer.eos_token_id))
     return counting_tokens(make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size,
                                                   missing_eos_penalty=config.missing_eos_penalty))
@@ -136,8 +151,6 @@ def counting_tokens(reward_func):
 
 
 def load_train_prompts(config):
-    from recipes.core.data import load_prompts
-
     prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
                            config=config.dataset_config)
     if len(prompts) == 0:
@@ -150,9 +163,6 @@ def check_context(config, model_dir, prompts) -> int:
     """Prompt + max_completion_length must fit the model's context (TRL does not cut prompts); checked
     from the saved config and tokenizer, before any weights load."""
     from transformers import AutoConfig
-
-    import base_model
-    from recipes.core.generation import render_prompts
 
     tokenizer = base_model.load_tokenizer(str(model_dir))
     context = AutoConfig.from_pretrained(str(model_dir)).max_position_embeddings
@@ -187,22 +197,6 @@ def train_metrics(trainer, reward_name: str) -> dict:
 
 def run_online(config, method: str, trainer_class) -> dict:
     """`main` of an online method: SFT policy + reward -> trainer_class -> evaluated, saved run."""
-    import base_model
-    from alignment.common import (
-        build_evaluator,
-        finish_run,
-        load_policy,
-        load_reward_model,
-        resolve_parents,
-        run_name,
-        start_run,
-    )
-    from alignment.evaluate import EvaluationCallback
-    from recipes.core.distributed import claim_run
-    from recipes.core.progress import attach_progress
-    from recipes.core.rundir import RunDir
-    from recipes.core.tracking import route_trainer_events
-
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated even when gold trains
     prompts = load_train_prompts(config)

@@ -24,14 +24,23 @@ import math
 import time
 from pathlib import Path
 
+from alignment import ppo
+from alignment.best_of_n import best_of, candidates_kl, kl_bound
+from alignment.common import MISSING_EOS_PENALTY, load_policy, load_reward_model
+from alignment.compare_plots import read_curves
 from alignment.gao_fits import fit_gao
 from alignment.overoptimization_plot import plot, table
 from recipes.core.config import RunArguments
 from recipes.core.errors import UserError
+from recipes.core.generation import generate_answers, render_prompts
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.rundir import RunDir, atomic_write_text, require_parent, weights_hash
+from recipes.core.seeds import stream_seed
 from recipes.core.stage_kit import load_eval_prompts
 from recipes.core.stages import METHODS, STAGES
+from recipes.core.world import gold_reward
+from recipes.runner import reason_to_run, resumable
+from reward import score, train
 
 STAGE = "overoptimization"
 
@@ -99,13 +108,6 @@ def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: Overoptimi
     kl is best-of-n's estimate from the candidates and the SFT model's log-probabilities (best_of_n.estimated_kl)."""
     import numpy as np
 
-    from alignment.best_of_n import best_of, candidates_kl, kl_bound
-    from alignment.common import MISSING_EOS_PENALTY, load_policy, load_reward_model
-    from recipes.core.generation import generate_answers, render_prompts
-    from recipes.core.seeds import stream_seed
-    from recipes.core.world import gold_reward
-    from reward import score
-
     policy, tokenizer = load_policy(sft_dir)
     prompts = load_eval_prompts(config)
     pool = [generate_answers(policy, tokenizer, prompts, max_new_tokens=config.eval_max_new_tokens, do_sample=True,
@@ -137,9 +139,6 @@ def best_of_n_curves(sft_dir: Path, proxies: dict[str, Path], config: Overoptimi
 
 def ppo_curve(sft_dir: Path, reward_dir: Path, name: str, config: OveroptimizationConfig, stage: RunDir) -> list[dict]:
     """PPO against one proxy; [{step, kl, gold, proxy}] at each of its evaluations."""
-    from alignment import ppo
-    from alignment.compare_plots import read_curves
-
     argv = ["--config", config.ppo_config, "--sft_model_name_or_path", str(sft_dir),
             "--reward_model_name_or_path", str(reward_dir), "--run_name", f"align-ppo-{name}",
             "--max_steps", str(config.ppo_max_steps), "--eval_every", str(config.ppo_eval_every),
@@ -157,8 +156,6 @@ def ppo_curve(sft_dir: Path, reward_dir: Path, name: str, config: Overoptimizati
 
 def train_proxy(sft_dir: Path, name: str, pairs: int, flip_rate: float, config: OveroptimizationConfig,
                 stage: RunDir) -> tuple[Path, dict]:
-    from reward import train
-
     argv = ["--config", config.proxy_config, "--model_name_or_path", str(sft_dir), "--run_name", name,
             "--max_train_pairs", str(pairs), "--label_flip_rate", str(flip_rate), "--recipe", config.recipe,
             "--seed", str(config.seed), "--overwrite", "true"]
@@ -172,8 +169,6 @@ def train_proxy(sft_dir: Path, name: str, pairs: int, flip_rate: float, config: 
 def sub_run(module, sub_config, name: str, config: OveroptimizationConfig, stage: RunDir) -> dict:
     """Run one proxy or PPO run of the experiment. With --resume, one that finished with the same config and
     parents is kept and one that was interrupted continues from its checkpoint, as `rlhf-lab run` does."""
-    from recipes.runner import reason_to_run, resumable
-
     run = RunDir.for_config(sub_config, name)
     if config.resume and reason_to_run(run, sub_config) is None:
         print(f"[{STAGE}] {name}: finished with the same config, kept", flush=True)

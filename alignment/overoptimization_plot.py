@@ -8,6 +8,7 @@ from pathlib import Path
 
 from alignment.gao_fits import gao_curve
 from recipes.core.rundir import atomic_savefig
+from recipes.core.tracking import markdown_table
 
 MARKERS = {"best-of-n": "o", "ppo": "s"}
 COLORS = {"best-of-n": "tab:blue", "ppo": "tab:red"}
@@ -55,8 +56,6 @@ def plot(path: Path, results: dict) -> None:
 
 
 def table(results: dict) -> str:
-    from recipes.core.tracking import markdown_table
-
     rows = []
     for name, entry in results["proxies"].items():
         for method, result in entry["methods"].items():

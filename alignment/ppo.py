@@ -25,10 +25,24 @@ import time
 
 from trl.trainer.base_config import _BaseConfig
 
-from alignment.common import AlignArguments
+import base_model  # noqa: F401
+from alignment.common import (
+    AlignArguments,
+    build_evaluator,
+    finish_run,
+    load_policy,
+    load_reward_model,
+    resolve_parents,
+    start_run,
+)
+from alignment.ppo_trainer import PPOTrainer
 from recipes.core.config import RunArguments, TrainerDefaults
+from recipes.core.data import load_prompts
+from recipes.core.distributed import require_one_process
 from recipes.core.errors import UserError
 from recipes.core.finite_loss import stops_on_non_finite
+from recipes.core.generation import render_prompts
+from recipes.core.progress import attach_progress
 from recipes.core.rundir import step_of
 from recipes.core.stage_kit import lora_config, trainer_refusals
 
@@ -117,8 +131,6 @@ class PPOStageConfig(RunArguments, AlignArguments, PPOConfig):
 
 
 def check_context(config, policy, tokenizer, prompts) -> int:
-    from recipes.core.generation import render_prompts
-
     context = policy.config.max_position_embeddings
     longest = max(map(len, render_prompts(tokenizer, prompts)))
     if longest + config.response_length > context:
@@ -131,18 +143,6 @@ def main(config: PPOStageConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from transformers import set_seed
 
-    import base_model  # noqa: F401
-    from alignment.common import (
-        build_evaluator,
-        finish_run,
-        load_policy,
-        load_reward_model,
-        resolve_parents,
-        start_run,
-    )
-    from alignment.ppo_trainer import PPOTrainer
-    from recipes.core.distributed import require_one_process
-
     require_one_process("align --method ppo")
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
@@ -153,8 +153,6 @@ def main(config: PPOStageConfig) -> dict:
     reward_model = load_reward_model(parents.reward_dir)
     value_model = load_reward_model(parents.reward_dir)  # detail: the value model starts as the reward model
     value_model.requires_grad_(True)
-    from recipes.core.data import load_prompts
-    from recipes.core.progress import attach_progress
 
     prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
                            config=config.dataset_config)

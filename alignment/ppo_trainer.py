@@ -47,10 +47,12 @@ from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
 
 from alignment import ppo_core as core
+from alignment.evaluate import write
 from recipes.core.finite_loss import non_finite_error
 from recipes.core.generation import as_messages, generate_answers, render_prompts
 from recipes.core.kill_switch import kill_if_asked
 from recipes.core.rundir import check_checkpoint, complete_checkpoints, load_checkpoint_state, prune_checkpoints
+from reward import score
 
 
 def token_values(value_model, input_ids, attention_mask) -> torch.Tensor:
@@ -180,8 +182,6 @@ class PPOTrainer(_BaseTrainer):
 
     @torch.no_grad()
     def rollout(self, rollout: int) -> dict:
-        from reward import score
-
         args, tokenizer, device = self.args, self.processing_class, self.accelerator.device
         indices = self.batch_indices(rollout)
         prompts = [self.prompts[i] for i in indices]
@@ -277,7 +277,6 @@ class PPOTrainer(_BaseTrainer):
     def evaluate_policy(self, step: int) -> dict | None:
         if self.evaluator is None or (self.eval_history and self.eval_history[-1][0] == step):
             return None
-        from alignment.evaluate import write
 
         metrics, rows = self.evaluator.evaluate(self.policy)
         if self.writer is not None:

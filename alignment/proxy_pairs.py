@@ -15,6 +15,13 @@ gives no pair.
 
 from __future__ import annotations
 
+from recipes.core.data.world_cache import cache_root
+from recipes.core.generation import Answer, as_messages, generate_answers
+from recipes.core.rundir import atomic_write_text
+from recipes.core.seeds import stream_seed
+from recipes.core.world import family_of, gold_reward
+from reward import score
+
 
 def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_prompt: int, max_new_tokens: int,
                        temperature: float = 1.0, batch_size: int = 32, seed: int = 0, policy_weights: str | None = None):
@@ -25,11 +32,6 @@ def proxy_ranked_pairs(policy, reward_model, tokenizer, prompts, *, samples_per_
     and KTO on the same SFT model and settings sample them once."""
     import datasets
     import numpy as np
-
-    from recipes.core.generation import as_messages, generate_answers
-    from recipes.core.seeds import stream_seed
-    from recipes.core.world import family_of, gold_reward
-    from reward import score
 
     def sample():
         return [generate_answers(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
@@ -91,10 +93,6 @@ def cached_samples(sample, policy_weights: str | None, prompts, **settings):
     import fcntl
     import hashlib
     import json
-
-    from recipes.core.data.world_cache import cache_root
-    from recipes.core.generation import Answer
-    from recipes.core.rundir import atomic_write_text
 
     if policy_weights is None:
         return sample()

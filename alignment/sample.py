@@ -14,25 +14,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alignment.answerers import find_reward_model, load_answerer, score_line, scores
+from recipes.core.config import CommandParser
+from recipes.core.data import load_prompts
 from recipes.core.errors import UserError
+from recipes.core.generation import as_messages, render_prompts
+from recipes.core.rundir import atomic_write_text
+from recipes.core.world import family_of
+from recipes.core.world.families import all_families
 
 WORLD_EVAL = "world:eval?size=default&seed=0"
 
 
 def world_families() -> list[str]:
-    from recipes.core.world.families import all_families
-
     return [family.NAME for family in all_families()]
 
 
 def load_sample_prompts(source: str, n: int, eval_prompts: str = WORLD_EVAL) -> list:
-    from recipes.core.data import load_prompts
-
     if Path(source).exists():
         prompts = list(load_prompts(source)["prompt"])
     elif source in world_families() or source == "all":
-        from recipes.core.world import family_of
-
         prompts = [p for p in load_prompts(eval_prompts, split="test")["prompt"]
                    if source == "all" or family_of(p) == source]
     else:
@@ -44,8 +45,6 @@ def load_sample_prompts(source: str, n: int, eval_prompts: str = WORLD_EVAL) -> 
 
 
 def check_fits(answerer, prompts, max_new_tokens: int) -> None:
-    from recipes.core.generation import render_prompts
-
     for i, ids in enumerate(render_prompts(answerer.tokenizer, prompts)):
         if answerer.context and len(ids) + max_new_tokens > answerer.context:
             raise UserError(f"prompt {i + 1}: {len(ids)} tokens plus max_new_tokens {max_new_tokens} exceed "
@@ -53,8 +52,6 @@ def check_fits(answerer, prompts, max_new_tokens: int) -> None:
 
 
 def side_by_side(prompts, names: list[str], answers: dict, scored: dict) -> str:
-    from recipes.core.generation import as_messages
-
     blocks = []
     for i, prompt in enumerate(prompts):
         user = as_messages(prompt)[-1]["content"]
@@ -66,8 +63,6 @@ def side_by_side(prompts, names: list[str], answers: dict, scored: dict) -> str:
 
 
 def main(args) -> str:
-    from alignment.answerers import find_reward_model, load_answerer, score_line, scores
-
     prompts = load_sample_prompts(args.prompts, args.n, args.eval_prompts)
     proxy = find_reward_model(args.run_dirs, args.reward_model)
     answers, scored, names = {}, {}, []
@@ -84,16 +79,12 @@ def main(args) -> str:
     if proxy is not None:
         print(f"(proxy: {proxy.path})")
     if args.out:
-        from recipes.core.rundir import atomic_write_text
-
         atomic_write_text(Path(args.out), text + "\n")
         print(f"wrote {args.out}")
     return text
 
 
 def parser() -> argparse.ArgumentParser:
-    from recipes.core.config import CommandParser
-
     p = CommandParser(prog="rlhf-lab sample", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or saved model directories")
     p.add_argument("--prompts", required=True, help="a prompts file, or a world family (or 'all')")

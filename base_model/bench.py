@@ -40,6 +40,11 @@ from pathlib import Path
 
 from recipes.core.errors import UserError
 
+from .export import to_llama
+from .flops import flops_per_token, measure_matmul_peak
+from .hf import GPTConfig, GPTForCausalLM
+from .sampler import sample
+
 SIZES = {  # the name is the rough parameter count; the exact one is in the JSON
     "tiny": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "1M": dict(vocab_size=1024, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
@@ -55,9 +60,6 @@ GPU_PEAK_SIZE = 8192  # a GPU needs a far larger product to fill its matrix unit
 def build_pair(size: str, seed: int = 0, device: str = "cpu"):
     """(ours, llama): our GPTForCausalLM and its LlamaForCausalLM export, same weights, in train mode."""
     import torch
-
-    from .export import to_llama
-    from .hf import GPTConfig, GPTForCausalLM
 
     torch.manual_seed(seed)
     config = GPTConfig(**SIZES[size], max_position_embeddings=1024, pad_token_id=0, eos_token_id=None)
@@ -119,8 +121,6 @@ def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int, d
 
     import torch
 
-    from .flops import flops_per_token
-
     ours, llama = build_pair(size, device=device)
     cfg = ours.config
     x = torch.randint(1, cfg.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(1)).to(device)
@@ -160,8 +160,6 @@ def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int, d
 
 def bench_generation(size: str, batch: int, new_tokens: int, reps: int, device: str = "cpu") -> dict:
     import torch
-
-    from .sampler import sample
 
     ours, llama = build_pair(size, device=device)
     ours.eval(), llama.eval()
@@ -230,8 +228,6 @@ def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, t
               device="cpu", compile=False):
     import torch
     import transformers
-
-    from .flops import measure_matmul_peak
 
     if threads:
         torch.set_num_threads(threads)

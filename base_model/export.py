@@ -13,6 +13,8 @@ from pathlib import Path
 from recipes.core.errors import UserError
 from recipes.core.model_dirs import check_model_dir
 
+from .hf import GPTForCausalLM
+
 
 def _model_dir(path) -> Path:
     """A model directory (config.json of ours) or a run directory holding one in `model/`."""
@@ -75,8 +77,6 @@ def export_llama(model_dir, out_dir) -> Path:
     """Write `LlamaForCausalLM` weights, tokenizer and generation config for our model into out_dir."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig
-
-    from .hf import GPTForCausalLM
 
     src, out = _model_dir(model_dir), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

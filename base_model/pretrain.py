@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from base_model import GPTConfig, GPTForCausalLM, load_tokenizer, train_tokenizer
 from base_model.flops import flops_per_token, measure_matmul_peak
 from recipes.core.config import RunArguments
+from recipes.core.data import load_text
 from recipes.core.errors import UserError
+from recipes.core.finite_loss import non_finite_error
 from recipes.core.kill_switch import kill_if_asked
 from recipes.core.progress import step_bar
-from recipes.core.finite_loss import non_finite_error
 from recipes.core.rundir import RunDir, atomic_write_text, check_checkpoint, complete_checkpoints, prune_checkpoints
 from recipes.core.stage_kit import data_fingerprint, hold_out_last
 from recipes.core.tracking import markdown_table
@@ -126,8 +128,6 @@ class PretrainConfig(RunArguments):
 
 
 def load_documents(config: PretrainConfig) -> tuple[list[str], list[str]]:
-    from recipes.core.data import load_text
-
     kwargs = dict(text_field=config.dataset_text_field, config=config.dataset_config)
     train = load_text(config.dataset_name, split=config.dataset_train_split, **kwargs)["text"]
     if config.dataset_test_split:
@@ -144,8 +144,6 @@ def load_documents(config: PretrainConfig) -> tuple[list[str], list[str]]:
 
 
 def build_tokenizer(config: PretrainConfig, documents: list[str]):
-    from base_model import load_tokenizer, train_tokenizer
-
     if config.tokenizer_name_or_path:
         if not Path(config.tokenizer_name_or_path).exists():
             raise UserError(f"key 'tokenizer_name_or_path': {config.tokenizer_name_or_path} does not exist")
@@ -213,8 +211,6 @@ def save_checkpoint(accelerator, run: RunDir, state: dict, keep: int) -> Path:
 
 
 def build_model(config: PretrainConfig, tokenizer):
-    from base_model import GPTConfig, GPTForCausalLM
-
     model_config = GPTConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
@@ -289,7 +285,6 @@ def main(config: PretrainConfig) -> dict:
         if not (tokenizer_dir / "tokenizer.json").is_file():
             if is_main:
                 build_tokenizer(config, train_docs).save_pretrained(str(tokenizer_dir))
-        from base_model import load_tokenizer
 
         tokenizer = load_tokenizer(str(tokenizer_dir))
         tokenizer_hash = hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()[:12]

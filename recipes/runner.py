@@ -26,8 +26,13 @@ from typing import Any
 
 import yaml
 
-from recipes.core.config import config_dict
+from alignment.compare import CompareConfig, is_up_to_date
+from alignment.compare import main as compare
+from recipes.core.config import CommandParser, config_dict
+from recipes.core.data.world_cache import PREFIX, cached_dir, parse_world_source, world_dir
 from recipes.core.errors import UserError
+from recipes.core.lock import HELD_ENV, held_by_this_process, recipe_lock
+from recipes.core.progress import recipe_bar
 from recipes.core.rundir import RunDir, changed_keys, weights_hash
 from recipes.core.stages import METHODS, STAGES, StageSpec
 
@@ -116,8 +121,6 @@ def _yaml_seed(path: Path) -> int:
 
 def world_sources(configs: list[Any]) -> list[str]:
     """Every `world:` data source the resolved configs name, in order of first mention."""
-    from recipes.core.data.world_cache import PREFIX
-
     sources: list[str] = []
     for config in configs:
         for value in config_dict(config).values():
@@ -201,8 +204,6 @@ def headline(stage: str, metrics: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from recipes.core.config import CommandParser
-
     p = CommandParser(prog="rlhf-lab run", description="Run a whole recipe in order (world data, pretrain, SFT, reward, "
                "every alignment method, compare), skipping stages that are already done.")
     p.add_argument("recipe", help="the recipe folder, e.g. recipes/tinyworld")
@@ -246,9 +247,6 @@ def first_forced(order: list[str], from_stage: str | None) -> int:
 def run_recipe(recipe_dir: Path, *, from_stage: str | None = None, seeds: list[int] | None = None,
                runs_root: str | None = None, overrides: list[str] = (), jobs: int = 1) -> dict[str, str]:
     """Run the recipe; returns {stage: "ran" | "skipped"}."""
-    from recipes.core.lock import recipe_lock
-    from recipes.core.progress import recipe_bar
-
     stages = plan(recipe_dir, seeds=seeds, runs_root=runs_root, overrides=parse_overrides(list(overrides)))
     configs = {s.name: s.spec.parse(s.argv) for s in stages}  # every config checked first
     recipe = recipe_dir.resolve().name
@@ -323,7 +321,6 @@ def run_side_by_side(todo: list[tuple[Stage, str, bool, bool]], jobs: int, log_d
     # takes them from the cache instead of sampling them again beside it.
     todo = sorted(todo, key=lambda item: item[0].name.startswith(f"{ALIGN_PREFIX}kto"))
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    from recipes.core.lock import HELD_ENV, held_by_this_process
 
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
            HELD_ENV: held_by_this_process()}  # the stages write under this process's recipe lock
@@ -359,8 +356,6 @@ def run_world(sources: list[str], *, forced: bool) -> str:
     """Make (or find cached) every world dataset the recipe names."""
     import shutil
 
-    from recipes.core.data.world_cache import cached_dir, parse_world_source, world_dir
-
     worlds = list(dict.fromkeys(parse_world_source(s) for s in sources))
     missing = [w for w in worlds if forced or not cached_dir(w).is_dir()]
     if not worlds:
@@ -380,8 +375,6 @@ def run_world(sources: list[str], *, forced: bool) -> str:
 
 
 def run_compare(recipe_runs: Path, *, forced: bool) -> str:
-    from alignment.compare import CompareConfig, is_up_to_date, main as compare
-
     config = CompareConfig(run_dir=str(recipe_runs))
     if not forced and is_up_to_date(config):
         print(f"[{COMPARE}] skipped: the alignment runs have not changed since {recipe_runs / COMPARE} was written")

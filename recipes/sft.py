@@ -19,8 +19,9 @@ from pathlib import Path
 
 import trl
 
+import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from recipes.core.config import LoraArguments, RunArguments, TrainerDefaults
-from recipes.core.data import fingerprint
+from recipes.core.data import fingerprint, load_conversations
 from recipes.core.distributed import claim_run
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
@@ -28,9 +29,17 @@ from recipes.core.finite_loss import guarded_train
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.progress import attach_progress
 from recipes.core.rundir import RunDir, require_parent, weights_hash
-from recipes.core.stage_kit import (data_fingerprint, hold_out_last, load_eval_prompts, lora_config, resolve_max_length,
-                                    trainer_refusals)
+from recipes.core.stage_kit import (
+    data_fingerprint,
+    hold_out_last,
+    load_eval_prompts,
+    lora_config,
+    resolve_max_length,
+    trainer_refusals,
+)
+from recipes.core.tracking import route_trainer_events
 from recipes.core.training_log import logged, mean_train_loss
+from recipes.sft_callbacks import SFTGoldEvalCallback
 
 STAGE = "sft"
 PARENT = "pretrain"
@@ -113,8 +122,6 @@ def resolve_model_path(config: SFTStageConfig) -> tuple[Path | str, RunDir | Non
 def load_model(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import base_model  # noqa: F401  (registers the architecture with the Auto classes)
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path))
@@ -127,8 +134,6 @@ def load_model(path):
 
 def load_data(config: SFTStageConfig):
     """(train, eval) conversation datasets with a `messages` column."""
-    from recipes.core.data import load_conversations
-
     kwargs = dict(format=config.dataset_format, config=config.dataset_config)
     train = load_conversations(config.dataset_name, split=config.dataset_train_split, **kwargs)
     if config.dataset_test_split:
@@ -173,9 +178,6 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 
 
 def main(config: SFTStageConfig) -> dict:
-
-    from recipes.sft_callbacks import SFTGoldEvalCallback
-    from recipes.core.tracking import route_trainer_events
 
     started = time.time()
     run = RunDir.for_config(config, STAGE)

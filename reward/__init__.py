@@ -2,8 +2,8 @@
 (evaluate.py). `score` is this package's public face for later stages: a reward model's score of
 (prompt, answer) pairs, rendered exactly as in training."""
 
+from reward.evaluate import score as _score
+
 
 def score(model, tokenizer, prompts, answers, **kwargs) -> list[float]:
-    from reward.evaluate import score as _score
-
     return _score(model, tokenizer, prompts, answers, **kwargs)

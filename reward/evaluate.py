@@ -36,9 +36,9 @@ import numpy as np
 import torch
 
 from recipes.core.errors import UserError
-from recipes.core.generation import as_messages
+from recipes.core.generation import as_messages, generate_answers
 from recipes.core.statistics import bootstrap_interval
-
+from recipes.core.world import family_of, gold_reward
 
 # ----------------------------------------------------------------------------------------------
 # Statistics
@@ -192,9 +192,6 @@ class Samples:
 def sample_answers(policy, tokenizer, prompts, *, samples_per_prompt: int = 4, max_new_tokens: int = 64,
                    temperature: float = 1.0, batch_size: int = 32, seed: int = 0) -> Samples:
     """`samples_per_prompt` sampled answers to each prompt, scored with the gold reward."""
-    from recipes.core.generation import generate_answers
-    from recipes.core.world import gold_reward
-
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     answers = generate_answers(policy, tokenizer, repeated, max_new_tokens=max_new_tokens, do_sample=True,
                                temperature=temperature, batch_size=batch_size, seed=seed)
@@ -210,7 +207,6 @@ def attach_gold(pairs) -> dict[str, list] | None:
     if "gold_chosen" in columns and "gold_rejected" in columns:
         if all(v is not None for v in columns["gold_chosen"] + columns["gold_rejected"]):
             return {"gold_chosen": list(columns["gold_chosen"]), "gold_rejected": list(columns["gold_rejected"])}
-    from recipes.core.world import family_of, gold_reward
 
     if not columns["prompt"] or any(family_of(p) == "unknown" for p in columns["prompt"]):
         return None

@@ -25,13 +25,14 @@ from __future__ import annotations
 import random
 
 from recipes.core.errors import UserError
+from recipes.core.generation import as_messages, distinct, generate_answers
+from recipes.core.world import family_of, gold_reward
+from recipes.core.world.annotators import label
+from reward.evaluate import render
 
 
 def distinct_prompts(prompts, limit: int) -> list:
     """The first `limit` distinct prompts, each of a world family (the gold reward labels the pairs)."""
-    from recipes.core.generation import as_messages, distinct
-    from recipes.core.world import family_of
-
     unique = distinct(prompts, limit)
     unknown = [p for p in unique if family_of(p) == "unknown"]
     if unknown:
@@ -49,10 +50,6 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
     Returns (columns prompt_chosen/prompt_rejected/chosen/rejected/gold_chosen/gold_rejected/ended_*,
     counts for the manifest).
     """
-    from recipes.core.generation import as_messages, generate_answers
-    from recipes.core.world import gold_reward
-    from recipes.core.world.annotators import label
-
     unique = distinct_prompts(prompts, pairs)
     asked = [unique[i % len(unique)] for i in range(pairs)]
     doubled = [p for p in asked for _ in range(2)]
@@ -96,8 +93,6 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
 
 def to_token_ids(tokenizer, columns: dict[str, list]) -> dict[str, list]:
     """chosen_ids/rejected_ids as TRL's RewardTrainer renders pairs itself, cut-off answers left open."""
-    from reward.evaluate import render
-
     n = len(columns["chosen"])
     ids = {}
     for side in ("chosen", "rejected"):

@@ -17,11 +17,16 @@ from pathlib import Path
 import trl
 from transformers import TrainerCallback
 
+import base_model  # noqa: F401  registers the architecture with the Auto classes
+from base_model import load_tokenizer
 from recipes.core.config import (
     LoraArguments,
     RunArguments,
     resolve_trainer_precision,
 )
+from recipes.core.data import read_rows
+from recipes.core.data.preferences import to_preferences
+from recipes.core.data.world_cache import parse_world_source
 from recipes.core.distributed import claim_run
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
@@ -31,7 +36,11 @@ from recipes.core.progress import attach_progress
 from recipes.core.rundir import RunDir, require_parent
 from recipes.core.seeds import stream_seed
 from recipes.core.stage_kit import data_fingerprint, hold_out_last, load_eval_prompts, lora_config, trainer_refusals
+from recipes.core.tracking import route_trainer_events
 from recipes.core.training_log import logged, mean_train_loss
+from recipes.core.world import SIZES
+from reward.evaluate import evaluate_reward_model, sample_answers
+from reward.sft_pairs import distinct_prompts, label_sft_samples, to_token_ids
 
 STAGE = "reward"
 PARENT = "sft"
@@ -145,9 +154,6 @@ def load_pairs(config: RewardStageConfig):
     """(train, held-out) pairs as datasets in TRL's shape; held-out ones keep gold columns if the data has them."""
     import datasets
 
-    from recipes.core.data import read_rows
-    from recipes.core.data.preferences import to_preferences
-
     def load(split: str) -> dict[str, list]:
         rows = read_rows(config.dataset_name, split, config.dataset_config)
         columns = to_preferences(rows, config.dataset_format)
@@ -188,9 +194,6 @@ def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
     """(Bradley-Terry temperature, flip rate) of the labels: from the config, else the world's size."""
     temperature, flip_rate = config.annotator_bt_temperature, config.annotator_flip_rate
     if config.dataset_name.startswith("world:"):
-        from recipes.core.data.world_cache import parse_world_source
-        from recipes.core.world import SIZES
-
         spec = SIZES[parse_world_source(config.dataset_name).size]
         temperature = spec.bt_temperature if temperature is None else temperature
         flip_rate = spec.flip_rate if flip_rate is None else flip_rate
@@ -216,9 +219,6 @@ def load_reward_model(model_dir: Path, seed: int):
     from transformers import AutoModelForSequenceClassification, set_seed
     from transformers.utils import logging as hf_logging
 
-    import base_model  # noqa: F401  registers the architecture with the Auto classes
-    from base_model import load_tokenizer
-
     tokenizer = load_tokenizer(str(model_dir))
     set_seed(seed)  # the score head's initialisation
     verbosity = hf_logging.get_verbosity()
@@ -233,8 +233,6 @@ def load_reward_model(model_dir: Path, seed: int):
 
 def load_policy(model_dir: Path):
     from transformers import AutoModelForCausalLM
-
-    import base_model  # noqa: F401
 
     return AutoModelForCausalLM.from_pretrained(str(model_dir))
 
@@ -257,9 +255,6 @@ class RewardGoldCheckCallback(TrainerCallback):
 def main(config: RewardStageConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    from recipes.core.tracking import route_trainer_events
-    from reward.evaluate import evaluate_reward_model, sample_answers
-
     started = time.time()
     run = RunDir.for_config(config, config.run_name or STAGE)
     model_dir, parent = resolve_parent(config)
@@ -267,7 +262,6 @@ def main(config: RewardStageConfig) -> dict:
     annotators = annotator_noise(config)
     eval_prompts = load_eval_prompts(config)
     if config.sft_sample_pairs:  # before any model loads: bad input fails fast
-        from reward.sft_pairs import distinct_prompts
 
         if annotators is None:
             raise UserError("key 'sft_sample_pairs': needs the annotators' noise; set annotator_bt_temperature "
@@ -337,8 +331,6 @@ def main(config: RewardStageConfig) -> dict:
 def add_sft_sample_pairs(config: RewardStageConfig, train_pairs, policy, tokenizer, annotators, run: RunDir):
     """The training pairs plus labelled pairs of the SFT model's own answers (reward/sft_pairs.py)."""
     import datasets
-
-    from reward.sft_pairs import label_sft_samples, to_token_ids
 
     columns, counts = label_sft_samples(
         policy, tokenizer, train_pairs["prompt"], pairs=config.sft_sample_pairs, annotators=annotators,

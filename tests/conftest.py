@@ -12,6 +12,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from recipes.cli import main as rlhf_lab
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -24,8 +26,6 @@ def smoke_runs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smoke_pretrain(smoke_runs) -> Path:
     """The finished smoke pretraining run (runs/smoke/pretrain), made once through the CLI."""
-    from recipes.cli import main as rlhf_lab
-
     assert rlhf_lab(["pretrain", "--config", str(REPO / "recipes/smoke/pretrain.yaml"),
                      "--runs_root", str(smoke_runs)]) == 0
     return smoke_runs / "smoke" / "pretrain"
@@ -34,8 +34,6 @@ def smoke_pretrain(smoke_runs) -> Path:
 @pytest.fixture(scope="session")
 def smoke_sft(smoke_runs, smoke_pretrain) -> Path:
     """The finished smoke SFT run (runs/smoke/sft), made once through the CLI on top of smoke_pretrain."""
-    from recipes.cli import main as rlhf_lab
-
     assert rlhf_lab(["sft", "--config", str(REPO / "recipes/smoke/sft.yaml"), "--runs_root", str(smoke_runs)]) == 0
     return smoke_runs / "smoke" / "sft"
 
@@ -43,8 +41,6 @@ def smoke_sft(smoke_runs, smoke_pretrain) -> Path:
 @pytest.fixture(scope="session")
 def smoke_reward(smoke_sft, smoke_runs) -> Path:
     """The finished smoke reward-model run (runs/smoke/reward), made once through the CLI."""
-    from recipes.cli import main as rlhf_lab
-
     assert rlhf_lab(["reward", "--config", str(REPO / "recipes/smoke/reward.yaml"),
                      "--runs_root", str(smoke_runs)]) == 0
     return smoke_runs / "smoke" / "reward"

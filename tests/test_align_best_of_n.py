@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alignment.best_of_n import best_of
+import base_model  # noqa: F401
+from alignment.best_of_n import BestOfNConfig, best_of
+from alignment.common import build_evaluator, load_policy, load_reward_model
 from recipes.cli import main as rlhf_lab
+from recipes.core.config import parse_config
+from recipes.core.rundir import weights_hash
 
 REPO = Path(__file__).resolve().parents[1]
 BON_YAML = str(REPO / "recipes/smoke/align-best-of-n.yaml")
@@ -50,10 +54,6 @@ def test_the_run_finishes_with_the_evaluation_and_its_kl_estimate_under_the_boun
 
 
 def test_the_chosen_answers_beat_plain_sft_samples_on_the_proxy(bon_run, smoke_sft, smoke_reward):
-    from alignment.best_of_n import BestOfNConfig
-    from alignment.common import build_evaluator, load_policy, load_reward_model
-    from recipes.core.config import parse_config
-
     metrics = manifest(bon_run)["metrics"]
     # the choice maximised the proxy less missing_eos_penalty; the evaluation reports the plain proxy
     assert metrics["proxy_reward"] >= metrics["best_proxy_reward"] - 1e-4
@@ -96,9 +96,6 @@ def test_tensorboard_holds_the_gold_eval_scalars_and_samples(bon_run):
 
 def test_model_holds_the_sft_model_the_reward_model_and_the_recipe(bon_run, smoke_sft, smoke_reward):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    import base_model  # noqa: F401
-    from recipes.core.rundir import weights_hash
 
     model_dir = bon_run / "model"
     spec = json.loads((model_dir / "best_of_n.json").read_text())

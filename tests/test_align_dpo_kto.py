@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
+import base_model  # noqa: F401
+from alignment.common import load_policy, load_reward_model
+from alignment.dpo import DPOStageConfig
+from alignment.kto import KTOStageConfig, unpair
+from alignment.proxy_pairs import proxy_ranked_pairs
 from recipes.cli import main as rlhf_lab
+from recipes.core.config import config_dict, parse_config
+from recipes.core.data import load_preferences, load_prompts
+from recipes.core.rundir import weights_hash
+from reward import score
 
 REPO = Path(__file__).resolve().parents[1]
 YAML = {method: str(REPO / f"recipes/smoke/align-{method}.yaml") for method in ("dpo", "kto")}
@@ -68,8 +77,6 @@ def test_training_changes_the_sft_weights(aligned, smoke_sft):
 
 
 def test_manifest_records_parents_evaluation_and_baseline(aligned, smoke_sft, smoke_reward):
-    from recipes.core.rundir import weights_hash
-
     m = manifest(aligned)
     assert m["status"] == "finished" and m["stage"] == aligned.name
     assert m["parent"]["stage"] == "sft" and m["parent"]["weights_sha256"] == weights_hash(smoke_sft / "model")
@@ -107,10 +114,6 @@ def test_every_method_is_evaluated_on_the_same_prompts(dpo_run, kto_run):
 def test_saved_config_reparses_to_the_same_config(dpo_run, kto_run):
     import yaml
 
-    from alignment.dpo import DPOStageConfig
-    from alignment.kto import KTOStageConfig
-    from recipes.core.config import config_dict, parse_config
-
     for run, cls in ((dpo_run, DPOStageConfig), (kto_run, KTOStageConfig)):
         saved = run / "config.yaml"
         config = parse_config(cls, ["--config", str(saved)], "align")
@@ -132,8 +135,6 @@ def test_ipo_is_a_loss_type_choice(smoke_reward, smoke_runs):
 @pytest.mark.parametrize("method", ["dpo", "kto"])
 def test_lora_saves_a_merged_model(method, smoke_reward, smoke_runs, smoke_sft):
     from transformers import AutoModelForCausalLM
-
-    import base_model  # noqa: F401
 
     assert align(method, smoke_runs, "--use_peft", "true", "--lora_r", "4", "--recipe", f"smoke-lora-{method}",
                  "--max_steps", "2", "--eval_every", "0", "--sft_model_name_or_path", str(smoke_sft / "model"),
@@ -162,8 +163,6 @@ def test_missing_parent_stage_names_it_and_its_command(tmp_path, capsys, smoke_s
 def test_kto_rows_are_the_pairs_unpaired_and_shuffled():
     import datasets
 
-    from alignment.kto import unpair
-
     pairs = datasets.Dataset.from_dict({
         "prompt": [[{"role": "user", "content": f"q{i}"}] for i in range(6)],
         "chosen": [[{"role": "assistant", "content": f"good{i}"}] for i in range(6)],
@@ -178,11 +177,6 @@ def test_kto_rows_are_the_pairs_unpaired_and_shuffled():
 
 def test_proxy_ranked_pairs_put_the_reward_models_best_answer_first(smoke_sft, smoke_reward):
     from transformers import AutoTokenizer
-
-    from alignment.common import load_policy, load_reward_model
-    from alignment.proxy_pairs import proxy_ranked_pairs
-    from recipes.core.data import load_prompts
-    from reward import score
 
     policy, _ = load_policy(smoke_sft / "model")
     reward_model = load_reward_model(smoke_reward / "model")
@@ -205,8 +199,6 @@ def test_proxy_ranked_pairs_put_the_reward_models_best_answer_first(smoke_sft, s
 
 @pytest.mark.parametrize("with_dataset", [False, True])
 def test_dpo_on_proxy_ranked_sft_samples_through_the_cli(with_dataset, smoke_reward, smoke_runs, smoke_sft):
-    from recipes.core.data import load_preferences
-
     recipe = f"smoke-sampled-{with_dataset}"
     assert align("dpo", smoke_runs, "--recipe", recipe, "--sft_sample_pairs", "24",
                  "--sft_samples_per_prompt", "6", "--sft_sample_max_new_tokens", "64", "--max_steps", "2",

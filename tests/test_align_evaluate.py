@@ -9,9 +9,21 @@ import pytest
 import torch
 
 from alignment.best_of_n import best_of_n_kl, estimated_kl, kl_bound
-from alignment.evaluate import (answer_logprobs, bootstrap_interval, kl_estimates, pairwise_outcomes,
-                                ties_and_decided_wins, win_rate, write)
+from alignment.common import load_policy, load_reward_model
+from alignment.evaluate import (
+    Evaluator,
+    answer_logprobs,
+    bootstrap_interval,
+    kl_estimates,
+    pairwise_outcomes,
+    ties_and_decided_wins,
+    win_rate,
+    write,
+)
+from base_model.hf import GPTConfig, GPTForCausalLM
 from recipes.cli import main as rlhf_lab
+from recipes.core.data import load_prompts
+from recipes.core.seeds import stream_seed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,8 +56,6 @@ def test_plain_and_k3_estimators_by_hand():
 
 
 def tiny_model():
-    from base_model.hf import GPTConfig, GPTForCausalLM
-
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, max_position_embeddings=64)
@@ -181,8 +191,6 @@ def test_the_candidates_estimate_is_the_bound_when_no_two_coincide_and_never_abo
 def test_two_seeds_share_no_stream():
     """Every draw's seed (evaluation answers, best-of-n candidates, pair sampling, the reward stage's samples)
     differs across purposes, indices and run seeds: nothing is shared by accident."""
-    from recipes.core.seeds import stream_seed
-
     purposes = ["eval/policy", "eval/sft-baseline", "reward/eval-samples", "reward/pair-samples"]
     seeds = [stream_seed(s, p) for s in range(3) for p in purposes]
     seeds += [stream_seed(s, p, k) for s in range(3) for p in ("best-of-n/candidate", "pairs/sample") for k in range(64)]
@@ -196,10 +204,6 @@ def test_two_seeds_share_no_stream():
 
 @pytest.fixture(scope="module")
 def evaluator(smoke_sft, smoke_reward):
-    from alignment.common import load_policy, load_reward_model
-    from alignment.evaluate import Evaluator
-    from recipes.core.data import load_prompts
-
     model, tokenizer = load_policy(smoke_sft / "model")
     prompts = load_prompts("world:eval?size=smoke&seed=0", split="test")["prompt"][:8]
     return Evaluator(model, tokenizer, prompts, reward_model=load_reward_model(smoke_reward / "model"),
@@ -241,8 +245,6 @@ def test_the_sft_model_against_itself(evaluator, sft_evaluation):
 
 
 def test_the_pretrained_model_is_far_from_sft(evaluator, smoke_pretrain):
-    from alignment.common import load_policy
-
     pretrained, _ = load_policy(smoke_pretrain / "model")
     metrics, _ = evaluator.evaluate(pretrained)
     assert metrics["kl"] > 0 and metrics["kl_k3"] > 0

@@ -6,7 +6,14 @@ import json
 import pytest
 import torch
 
+import base_model  # noqa: F401
+from alignment.common import load_reward_model
+from alignment.grpo import GRPOStageConfig
+from alignment.online import make_proxy_reward_func
+from alignment.rloo import RLOOStageConfig
 from recipes.cli import main as rlhf_lab
+from recipes.core.config import config_dict, parse_config, to_yaml
+from reward import score
 from tests.conftest import REPO
 
 GRPO = str(REPO / "recipes/smoke/align-grpo.yaml")
@@ -29,8 +36,6 @@ def events(run):
 
 def state_dict(path):
     from transformers import AutoModelForCausalLM
-
-    import base_model  # noqa: F401
 
     return AutoModelForCausalLM.from_pretrained(str(path)).state_dict()
 
@@ -122,11 +127,6 @@ def test_lora_run_saves_a_merged_model(rloo_run, smoke_sft):
 
 
 def test_proxy_reward_function_matches_score_and_charges_a_cut_off_answer(smoke_reward):
-    import base_model
-    from alignment.common import load_reward_model
-    from alignment.online import make_proxy_reward_func
-    from reward import score
-
     model = load_reward_model(smoke_reward / "model")
     tokenizer = base_model.load_tokenizer(str(smoke_reward / "model"))
     prompt = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -143,10 +143,6 @@ def test_proxy_reward_function_matches_score_and_charges_a_cut_off_answer(smoke_
 
 
 def test_config_round_trips_through_config_yaml(tmp_path):
-    from alignment.grpo import GRPOStageConfig
-    from alignment.rloo import RLOOStageConfig
-    from recipes.core.config import config_dict, parse_config, to_yaml
-
     for cls, path in ((GRPOStageConfig, GRPO), (RLOOStageConfig, RLOO)):
         config = parse_config(cls, ["--config", path, "--reward", "gold"], "align")
         assert config.activation_checkpointing is False and config.bf16 is False

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignment.common import load_policy, load_reward_model
+from alignment.ppo_trainer import token_values
 from recipes.cli import main as rlhf_lab
+from reward.evaluate import render
 
 REPO = Path(__file__).resolve().parents[1]
 PPO_YAML = str(REPO / "recipes/smoke/align-ppo.yaml")
@@ -88,10 +91,6 @@ def test_first_minibatch_ratio_is_one_under_bf16_and_any_temperature(smoke_rewar
 
 
 def test_value_model_starts_as_the_reward_model(smoke_reward):
-    from alignment.common import load_reward_model, load_policy
-    from alignment.ppo_trainer import token_values
-    from reward.evaluate import render
-
     reward_model = load_reward_model(smoke_reward / "model")
     value_model = load_reward_model(smoke_reward / "model")
     _, tokenizer = load_policy(smoke_reward.parent / "sft" / "model")

@@ -8,6 +8,8 @@ from base_model.pretrain import PretrainConfig
 from recipes.cli import COMMANDS
 from recipes.cli import main as rlhf_lab
 from recipes.core.config import parse_config, to_yaml
+from recipes.core.errors import UserError
+from reward.train import RewardStageConfig
 
 
 def test_help_lists_every_command(capsys):
@@ -55,9 +57,6 @@ def test_flags_override_yaml_and_the_saved_config_round_trips(tmp_path):
 
 
 def test_null_on_the_command_line_means_none_where_a_key_allows_it(tmp_path):
-    from recipes.core.errors import UserError
-    from reward.train import RewardStageConfig
-
     path = tmp_path / "r" / "reward.yaml"
     path.parent.mkdir()
     path.write_text("dataset_test_split: validation\nannotator_bt_temperature: 0.5\nlearning_rate: 1.0e-4\n")

@@ -5,6 +5,7 @@ import pytest
 from recipes.core.data import fingerprint, load_conversations, load_preferences, load_prompts, load_text
 from recipes.core.data.world_cache import WorldSource, parse_world_source, world_dir
 from recipes.core.errors import UserError
+from recipes.core.world import SIZES, generate
 
 
 @pytest.fixture
@@ -51,8 +52,6 @@ def test_generated_once_then_reused(cache):
 
 
 def test_one_kind_alone_matches_the_full_world(cache, tmp_path):
-    from recipes.core.world import generate
-
     generate(tmp_path / "full", size="smoke", seed=2)
     alone = world_dir(WorldSource("preferences", "smoke", 2))
     for split in ("train", "validation"):
@@ -69,8 +68,6 @@ def test_world_fingerprint_depends_on_kind_size_and_seed():
 
 def test_a_changed_size_never_reuses_a_stale_cache(cache, monkeypatch):
     import dataclasses
-
-    from recipes.core.world import SIZES
 
     before = world_dir(WorldSource("preferences", "smoke", 0))
     sft_before, sft_fingerprint = world_dir(WorldSource("sft", "smoke", 0)), fingerprint("world:sft?size=smoke")

@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 
 from recipes.cli import main as rlhf_lab
+from recipes.core.config import parse_config
 from recipes.core.kill_switch import ENV as KILL_ENV
-from recipes.core.rundir import RunDir
+from recipes.core.rundir import RunDir, atomic_write_text
+from recipes.runner import resumable
+from recipes.sft import SFTStageConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = str(REPO / "recipes/smoke/sft.yaml")
@@ -69,11 +72,6 @@ def test_a_killed_or_failing_rerun_leaves_the_finished_run_intact_until_a_rerun_
 def test_the_runner_resumes_an_interrupted_rerun_beside_a_finished_run(tmp_path):
     """`rlhf-lab run` decides to resume from what it finds: an interrupted --overwrite rerun of the same config
     counts, one of another config does not (it is started over)."""
-    from recipes.core.config import parse_config
-    from recipes.core.rundir import atomic_write_text
-    from recipes.runner import resumable
-    from recipes.sft import SFTStageConfig
-
     config = parse_config(SFTStageConfig, ["--config", SFT, "--runs_root", str(tmp_path), "--recipe", "r"], "sft")
     run = RunDir(tmp_path, "r", "sft")
     run.start(config)

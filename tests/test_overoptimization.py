@@ -11,6 +11,7 @@ import yaml
 
 from alignment.gao_fits import fit_gao, gao_curve
 from recipes.cli import main as rlhf_lab
+from recipes.core.kill_switch import ENV as KILL_ENV
 from reward.train import flip_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,8 +113,6 @@ def test_overoptimization_killed_at_a_random_step_resumes_to_the_same_results(ov
     import random
     import subprocess
     import sys
-
-    from recipes.core.kill_switch import ENV as KILL_ENV
 
     seed = int(os.environ.get("RLHF_LAB_KILL_SEED") or random.SystemRandom().randrange(10**6))
     rng = random.Random(seed)

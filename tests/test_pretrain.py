@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from recipes.cli import main as rlhf_lab
 from recipes.core.kill_switch import ENV as KILL_ENV
 
@@ -50,7 +51,6 @@ def test_pretraining_loss_falls_well_below_its_start(smoke_run):
 
 
 def test_model_loads_with_auto_classes_and_generates(smoke_run):
-    import base_model  # noqa: F401  (registers the architecture with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(smoke_run / "model")

@@ -13,6 +13,7 @@ import pytest
 from base_model.pretrain import PretrainConfig
 from recipes.core.config import parse_config
 from recipes.core.data import load_conversations, load_preferences, load_prompts, load_text
+from recipes.core.errors import UserError
 from recipes.sft import SFTStageConfig
 from reward.train import RewardStageConfig
 
@@ -91,8 +92,6 @@ def test_hub_datasets_flow_through_the_adapters(fake_hub):
 
 
 def test_a_wrong_split_name_would_stop_with_one_line(fake_hub):
-    from recipes.core.errors import UserError
-
     sft = parse(SFTStageConfig, "sft")
     with pytest.raises(UserError, match=r"HuggingFaceH4/ultrachat_200k: could not load Hugging Face dataset split 'test'"):
         load_conversations(sft.dataset_name, format=sft.dataset_format, split="test")

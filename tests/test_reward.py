@@ -7,8 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import base_model  # noqa: F401
+from base_model import load_tokenizer
 from recipes.cli import main as rlhf_lab
-from reward.evaluate import noise_ceiling, pair_metrics, pearson, rankdata, spearman
+from recipes.core.data import load_prompts, read_rows
+from recipes.core.rundir import weights_hash
+from recipes.core.world import gold_reward
+from reward.evaluate import noise_ceiling, pair_metrics, pearson, rankdata, render, spearman
+from reward.sft_pairs import label_sft_samples, to_token_ids
+from reward.train import summary_line
 
 REPO = Path(__file__).resolve().parents[1]
 REWARD_YAML = str(REPO / "recipes/smoke/reward.yaml")
@@ -103,10 +110,7 @@ def events(tb_dir):
 
 
 def test_smoke_reward_run(smoke_sft, smoke_reward):
-    import base_model  # noqa: F401
     from transformers import AutoModelForSequenceClassification
-
-    from recipes.core.rundir import weights_hash
 
     run = smoke_reward  # made through the CLI by the session fixture, shared with the alignment tests
     manifest = json.loads((run / "manifest.json").read_text())
@@ -129,8 +133,6 @@ def test_smoke_reward_run(smoke_sft, smoke_reward):
 
 def easy_split(directory, n_train=128, n_test=48):
     """Pairs a tiny model can learn: a helpful or safe answer against a rude or harmful one, labelled by gold."""
-    from recipes.core.data import read_rows
-
     rows = [r for r in read_rows("world:preferences?size=default&seed=0", "train").records
             if r["persona_rejected"] in ("rude", "unsafe") and r["family"] != "stories"
             and r["gold_chosen"] - r["gold_rejected"] >= 0.5]
@@ -158,13 +160,7 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     """Pairs of the SFT model's own answers: gold scores attached (a cut-off answer charged), ties left
     out, cut-off answers rendered without the end of turn, and with noiseless annotators every label
     follows the gold order; pairs across prompts pair two different prompts' answers, labelled alike."""
-    import base_model  # noqa: F401
     from transformers import AutoModelForCausalLM
-
-    from base_model import load_tokenizer
-    from recipes.core.data import load_prompts
-    from recipes.core.world import gold_reward
-    from reward.sft_pairs import label_sft_samples, to_token_ids
 
     policy = AutoModelForCausalLM.from_pretrained(smoke_sft / "model")
     tokenizer = load_tokenizer(str(smoke_sft / "model"))
@@ -189,7 +185,6 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
         assert (ids["chosen_ids"][i][-1] == tokenizer.eos_token_id) == ended or \
             (ended and ids["chosen_ids"][i][-2] == tokenizer.eos_token_id)  # a template may add a newline after it
         assert ended or tokenizer.eos_token_id not in ids["chosen_ids"][i][-3:]
-    from reward.evaluate import render
 
     for side in ("chosen", "rejected"):  # a pair across prompts renders each side with its own prompt
         assert ids[f"{side}_ids"][same] == render(tokenizer, columns[f"prompt_{side}"][same], columns[side][same],
@@ -241,8 +236,6 @@ def test_sft_sample_pairs_need_world_prompts(smoke_sft, tmp_path, capsys):
 
 def test_summary_line_does_not_round_a_miss_into_the_target():
     from types import SimpleNamespace
-
-    from reward.train import summary_line
 
     line = summary_line({"accuracy": 0.655, "noise_ceiling": 0.7317, "accuracy_of_ceiling": 0.8952},
                         SimpleNamespace(model_dir="runs/x/reward/model"))

@@ -11,6 +11,11 @@ import pytest
 import yaml
 
 from recipes.cli import main as rlhf_lab
+from recipes.core.kill_switch import ENV as KILL_ENV
+from recipes.core.lock import recipe_lock
+from recipes.core.rundir import weights_hash
+from recipes.core.statistics import seed_interval
+from recipes.runner import plan
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["dpo", "kto", "grpo", "rloo", "ppo", "best-of-n"]
@@ -91,7 +96,6 @@ def test_set_overrides_one_key_and_seeds_repeat_the_alignment_stages(first_run, 
     per_seed = [float(r["gold_reward"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
     assert float(mean["gold_reward"]) == pytest.approx(sum(per_seed) / 2)
     assert float(mean["gold_reward_low"]) <= float(mean["gold_reward"]) <= float(mean["gold_reward_high"])
-    from recipes.core.statistics import seed_interval
 
     gains = [float(r["gold_gain"]) for r in rows if r["method"] == "dpo" and r["seed"] in ("0", "1")]
     assert (float(mean["gold_gain_low"]), float(mean["gold_gain_high"])) == pytest.approx(seed_interval(gains)[1:])
@@ -185,8 +189,8 @@ def test_tensorboard_holds_hparams_and_a_custom_scalars_layout(first_run, capsys
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= tags
     assert "compare/gold_reward" in tags and "compare/kl" in tags
 
-    from tensorboard.plugins.custom_scalar import layout_pb2
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.custom_scalar import layout_pb2
 
     layout = None
     for events in tb.glob("events.out.tfevents.*"):
@@ -219,8 +223,6 @@ def test_bad_input_stops_with_one_line(argv, expected, capsys, tmp_path):
 @pytest.mark.parametrize("name", ["smoke", "tinyworld", "tinyworld-long", "overoptimization", "realdata-gpu"])
 def test_every_shipped_recipe_resolves_every_stage_config(name, monkeypatch):
     """What `rlhf-lab run recipes/<name>` checks before running anything: each stage's YAML parses, keys known."""
-    from recipes.runner import plan
-
     monkeypatch.chdir(REPO)  # recipes name their include files relative to the repository
     stages = plan(REPO / "recipes" / name, seeds=[0, 1], runs_root=None, overrides={})
     assert stages
@@ -254,7 +256,6 @@ def test_a_second_writer_of_the_same_recipe_stops_and_names_the_holder(tmp_path,
     finally:
         holder.kill()
         holder.wait()
-    from recipes.core.lock import recipe_lock
 
     with recipe_lock(tmp_path / "smoke"):  # the lock died with its holder: nothing stale to clean up
         pass
@@ -267,9 +268,6 @@ def test_run_resumes_a_recipe_killed_mid_stage_at_that_stage_with_the_same_resul
     import random
     import subprocess
     import sys
-
-    from recipes.core.kill_switch import ENV as KILL_ENV
-    from recipes.core.rundir import weights_hash
 
     runs = tmp_path / "runs"
     kill_at = random.Random().randint(26, 99)  # smoke pretraining saves at steps 25, 50 and 75 and ends at 100

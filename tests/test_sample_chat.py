@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+from alignment.answerers import load_answerer
+from alignment.chat import fit_history
 from recipes.cli import main as rlhf_lab
+from recipes.core.generation import render_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_EVAL = "world:eval?size=smoke&seed=0"
@@ -53,10 +56,6 @@ def test_chat_answers_each_message_with_its_scores_and_resets(smoke_sft, smoke_r
 
 
 def test_chat_drops_the_oldest_turns_when_the_conversation_outgrows_the_context(smoke_sft):
-    from alignment.answerers import load_answerer
-    from alignment.chat import fit_history
-    from recipes.core.generation import render_prompts
-
     answerer = load_answerer(smoke_sft)
     long = "Tell me a short happy story about a cat in the garden. " * 3
     messages = []

@@ -6,7 +6,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+import base_model  # noqa: F401
 from recipes.cli import main as rlhf_lab
+from recipes.core.config import parse_config
+from recipes.core.generation import generate_answers
+from recipes.core.kill_switch import ENV as KILL_ENV
+from recipes.core.rundir import weights_hash
+from recipes.sft import SFTStageConfig, build_trainer, drop_too_long, load_data, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "recipes/smoke/sft.yaml")
@@ -27,9 +33,6 @@ def events(run: Path):
 
 def test_loss_is_on_exactly_the_assistant_tokens(smoke_pretrain, tmp_path):
     """Tokenize through the stage's own data path and trainer: the unmasked labels are the answers and <|end|>."""
-    from recipes.core.config import parse_config
-    from recipes.sft import SFTStageConfig, build_trainer, drop_too_long, load_data, load_model
-
     config = parse_config(SFTStageConfig, ["--config", SMOKE, "--report_to", "none"], "sft")
     assert config.assistant_only_loss and not config.packing and not config.padding_free
     train, test = load_data(config)
@@ -49,8 +52,6 @@ def test_loss_is_on_exactly_the_assistant_tokens(smoke_pretrain, tmp_path):
 
 
 def test_run_directory_and_manifest(smoke_sft, smoke_pretrain):
-    from recipes.core.rundir import weights_hash
-
     assert {"config.yaml", "manifest.json", "model", "checkpoints", "tb"} <= {p.name for p in smoke_sft.iterdir()}
     m = manifest(smoke_sft)
     assert m["stage"] == "sft" and m["recipe"] == "smoke" and m["status"] == "finished"
@@ -96,10 +97,7 @@ def test_tensorboard_holds_losses_gold_scalars_and_text(smoke_sft):
 
 
 def test_model_loads_and_answers_chat_prompts(smoke_sft):
-    import base_model  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from recipes.core.generation import generate_answers
 
     model = AutoModelForCausalLM.from_pretrained(smoke_sft / "model")
     tokenizer = AutoTokenizer.from_pretrained(smoke_sft / "model")
@@ -110,8 +108,6 @@ def test_model_loads_and_answers_chat_prompts(smoke_sft):
 def test_lora_saves_a_merged_model_that_loads_like_any_other(smoke_pretrain, smoke_runs):
     import torch
     from transformers import AutoModelForCausalLM
-
-    import base_model  # noqa: F401
 
     assert rlhf_lab(["sft", "--config", SMOKE, "--runs_root", str(smoke_runs), "--recipe", "smoke-lora",
                      "--model_name_or_path", str(smoke_pretrain / "model"), "--use_peft", "true",
@@ -166,8 +162,6 @@ def test_killed_run_resumes_from_its_last_checkpoint(smoke_pretrain, smoke_runs)
     import signal
     import subprocess
     import sys
-
-    from recipes.core.kill_switch import ENV as KILL_ENV
 
     command = [sys.executable, "-m", "recipes.cli", "sft", "--config", SMOKE, "--runs_root", str(smoke_runs),
                "--recipe", "smoke-killed", "--model_name_or_path", str(smoke_pretrain / "model"),

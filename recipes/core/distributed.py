@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from recipes.core.errors import UserError
+
 
 def process_state():
     """accelerate's PartialState, across every launched process (gloo on CPU, NCCL on GPUs)."""
@@ -45,8 +47,6 @@ def claim_run(run, start, process=None):
 
 def require_one_process(what: str) -> None:
     """Stop, in one line, a stage that is not written for several processes when it is launched on several."""
-    from recipes.core.errors import UserError
-
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes > 1:
         raise UserError(f"{what} runs in one process, but was launched on {processes} (WORLD_SIZE); "

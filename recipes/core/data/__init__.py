@@ -28,7 +28,7 @@ what was expected.
 """
 
 from .conversations import to_conversations
-from .preferences import to_preferences
+from .preferences import _prompt, to_preferences
 from .rows import describe
 from .sources import fingerprint, read_rows
 
@@ -82,8 +82,6 @@ def load_prompts(source, *, split: str = "train", format: str = "auto", config=N
 
 
 def _prompt_of(rows, number, record) -> list[dict]:
-    from .preferences import _prompt
-
     return _prompt(rows, number, record)
 
 

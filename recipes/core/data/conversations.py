@@ -7,6 +7,7 @@
              system, human/user, gpt/assistant (and a few common aliases).
 """
 
+from ..errors import UserError
 from .rows import Rows, describe
 
 ROLES = ("system", "user", "assistant")
@@ -86,8 +87,6 @@ def from_row(rows: Rows, number: int, record: dict, fmt: str) -> list[dict]:
 
 
 def to_conversations(rows: Rows, fmt: str = "auto") -> list[list[dict]]:
-    from ..errors import UserError
-
     fmt = fmt.replace("-", "_") if fmt else "auto"
     if fmt == "auto":
         fmt = detect(rows)

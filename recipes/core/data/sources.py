@@ -12,9 +12,11 @@ import hashlib
 from pathlib import Path
 
 from ..errors import UserError
+from ..world import GENERATOR_VERSION, SIZES, size_key
 from .files import EXTENSIONS, read_file, split_file
 from .rows import Rows
-from .world_cache import PREFIX as WORLD_PREFIX, parse_world_source, split_path
+from .world_cache import PREFIX as WORLD_PREFIX
+from .world_cache import parse_world_source, split_path
 
 HUB_PREFIX = "hf:"
 
@@ -59,8 +61,6 @@ def _read_hub(name: str, split: str, config) -> Rows:
 def fingerprint(source, *, split=None, config=None) -> str:
     """A short stable hash of the data: file contents for local data, the name, config and split
     for a hub dataset, kind/size/seed, generator version and the sizes behind that kind for the world."""
-    from ..world import GENERATOR_VERSION, SIZES, size_key
-
     source = str(source)
     digest = hashlib.sha256()
     if source.startswith(WORLD_PREFIX):

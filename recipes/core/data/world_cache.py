@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from ..errors import UserError
+from ..world import GENERATOR_VERSION, SIZES, generate, size_key
 
 PREFIX = "world:"
 KINDS = ("corpus", "sft", "preferences", "eval")
@@ -38,8 +39,6 @@ class WorldSource:
 
 
 def parse_world_source(source: str) -> WorldSource:
-    from ..world import SIZES
-
     body = source[len(PREFIX):]
     kind, _, query = body.partition("?")
     if kind not in KINDS:
@@ -64,16 +63,12 @@ def cache_root() -> Path:
 
 def cached_dir(world: WorldSource) -> Path:
     """Where `world`'s kind is cached (it may not be there yet)."""
-    from ..world import GENERATOR_VERSION, SIZES, size_key
-
     key = size_key(SIZES[world.size], world.kind)
     return cache_root() / "world" / f"v{GENERATOR_VERSION}" / f"{world.size}-{key}-seed{world.seed}" / world.kind
 
 
 def world_dir(world: WorldSource) -> Path:
     """The directory holding `world`'s kind, generating it first if it is not cached yet."""
-    from ..world import generate
-
     final = cached_dir(world)
     if final.is_dir():
         return final

@@ -24,6 +24,7 @@ import random
 import time
 from pathlib import Path
 
+from ..errors import UserError
 from . import annotators, personas
 from .corpus import corpus_text
 from .families import all_families
@@ -44,7 +45,6 @@ def stream(seed: int, *names: str) -> random.Random:
 
 def world_size(size: str) -> WorldSize:
     if size not in SIZES:
-        from ..errors import UserError
         raise UserError(f"world size {size!r}: expected one of {', '.join(SIZES)}")
     return SIZES[size]
 
