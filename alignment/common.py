@@ -20,7 +20,7 @@ from recipes.core.config import LoraArguments
 from recipes.core.data import fingerprint
 from recipes.core.distributed import process_state
 from recipes.core.model_dirs import check_model_dir
-from recipes.core.rundir import RunDir, atomic_write_text, require_parent, weights_hash
+from recipes.core.rundir import RunDir, atomic_write_text, parent_entry, require_parent, weights_hash
 from recipes.core.stage_kit import load_eval_prompts
 
 MISSING_EOS_PENALTY = 1.0
@@ -146,13 +146,10 @@ def start_run(config, method: str, parents: Parents, data: dict | None = None) -
             "fingerprint": fingerprint(config.dataset_name, split=config.dataset_train_split,
                                        config=config.dataset_config),
             "eval_prompts": config.eval_prompts, **(data or {})}
+    recorded = [parent_entry("sft", parents.sft_dir, parents.sft_run)]
     if parents.reward_dir is not None:
-        data["reward_model"] = str(parents.reward_dir)
-        data["reward_weights_sha256"] = weights_hash(parents.reward_dir)
-    if parents.sft_run is None:
-        data["sft_model"] = str(parents.sft_dir)
-        data["sft_weights_sha256"] = weights_hash(parents.sft_dir)
-    run.start(config, parent=parents.sft_run, data=data)
+        recorded.append(parent_entry("reward", parents.reward_dir, parents.reward_run))
+    run.start(config, parents=recorded, data=data)
     return run
 
 

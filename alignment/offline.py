@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from pathlib import Path
 
 from alignment.common import (
     build_evaluator,
@@ -131,21 +132,10 @@ TRL_FINAL = (("rewards/margins", "train_reward_margin"), ("rewards/accuracies", 
              ("kl", "train_kl"))
 
 
-def run(config, method: str, trainer_class, to_rows=None) -> dict:
-    """Train `method` with `trainer_class` (a TRL trainer taking ref_model and peft_config) and evaluate it.
-
-    `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
-    """
-    started = time.time()
-    parents = resolve_parents(config, needs_reward=True)
-    policy, tokenizer = load_policy(parents.sft_dir)
-    reference, _ = load_policy(parents.sft_dir)  # frozen: the trainer's reference and the evaluation's SFT model
-    reference.eval().requires_grad_(False)
-    reward_model = load_reward_model(parents.reward_dir)
-
-    max_length = resolve_max_length(config, policy)
-    config = copy.copy(config)
-    config.max_length = max_length  # config.yaml records the resolved value
+def training_pairs(config, reference, reward_model, tokenizer, sft_dir: Path) -> tuple:
+    """(pairs that fit in max_length, how many did not, what sampling recorded): the dataset's pairs, and with
+    `sft_sample_pairs` pairs of the SFT model's own answers ranked by the reward model (alignment/proxy_pairs.py),
+    instead of or beside them."""
     pairs, sampled = load_pairs(config), {}
     if config.sft_sample_pairs:
         prompts = distinct(pairs["prompt"], config.sft_sample_pairs)
@@ -154,41 +144,22 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         sampled_pairs, sampled = proxy_ranked_pairs(
             reference, reward_model, tokenizer, prompts, samples_per_prompt=config.sft_samples_per_prompt,
             max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.sft_sample_temperature,
-            batch_size=config.eval_generation_batch_size, seed=config.seed, policy_weights=weights_hash(parents.sft_dir))
+            batch_size=config.eval_generation_batch_size, seed=config.seed, policy_weights=weights_hash(sft_dir))
         if len(sampled_pairs) == 0:
             raise UserError(f"key 'sft_sample_pairs': no prompt got two distinct finished SFT answers out of "
                             f"{config.sft_samples_per_prompt}; raise sft_sample_max_new_tokens or sft_samples_per_prompt")
         pairs = concatenate_pairs(pairs, sampled_pairs) if config.sft_sample_pairs_with_dataset else sampled_pairs
-    pairs, dropped = drop_too_long(pairs, tokenizer, max_length)
+    pairs, dropped = drop_too_long(pairs, tokenizer, config.max_length)
     if len(pairs) == 0:
         raise UserError(f"{config.dataset_name}: no preference pair of split '{config.dataset_train_split}' fits in "
-                        f"max_length={max_length} tokens")
+                        f"max_length={config.max_length} tokens")
     if dropped:
-        print(f"dropped {dropped} preference pairs longer than max_length={max_length} tokens")
-    rows = to_rows(pairs, config) if to_rows else pairs
+        print(f"dropped {dropped} preference pairs longer than max_length={config.max_length} tokens")
+    return pairs, dropped, sampled
 
-    prompts = load_eval_prompts(config)
-    data = {"pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows), **sampled,
-            "eval_num_prompts": len(prompts), "eval_prompts_fingerprint": prompts_fingerprint(prompts)}
-    run_dir = claim_run(RunDir.for_config(config, run_name(config, method)),
-                        lambda: start_run(config, method, parents, data=data))
-    route_trainer_events(run_dir)
-    evaluator = build_evaluator(config, reference, tokenizer, reward_model, sft_dir=parents.sft_dir)
 
-    args = copy.copy(config)
-    args.output_dir = str(run_dir.checkpoints_dir)
-    peft_config = lora_config(config)
-    with trainer_refusals(config):
-        trainer = with_exact_resume(trainer_class)(model=policy, ref_model=None if peft_config else reference, args=args,
-                                                   train_dataset=rows, processing_class=tokenizer,
-                                                   peft_config=peft_config)
-    callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir,
-                                  at_start=config.eval_at_start)
-    callback.attach(trainer)
-    attach_progress(trainer, run_dir.stage)
-
-    guarded_train(trainer, run_dir.resume_checkpoint(config.resume))
-
+def final_metrics(trainer, callback, evaluator, sampled: dict) -> dict:
+    """The last evaluation, the training's own numbers and TRL's last logged rewards, and the SFT baseline's."""
     train_losses = logged(trainer, "loss")
     metrics = {
         **(callback.latest or {}),
@@ -204,4 +175,46 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
         values = logged(trainer, key)
         if values:
             metrics[name] = values[-1]
+    return metrics
+
+
+def run(config, method: str, trainer_class, to_rows=None) -> dict:
+    """Train `method` with `trainer_class` (a TRL trainer taking ref_model and peft_config) and evaluate it.
+
+    `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
+    """
+    # Setup: the models, the data, the run directory and the evaluation.
+    started = time.time()
+    parents = resolve_parents(config, needs_reward=True)
+    policy, tokenizer = load_policy(parents.sft_dir)
+    reference, _ = load_policy(parents.sft_dir)  # frozen: the trainer's reference and the evaluation's SFT model
+    reference.eval().requires_grad_(False)
+    reward_model = load_reward_model(parents.reward_dir)
+    config = copy.copy(config)
+    config.max_length = resolve_max_length(config, policy)  # config.yaml records the resolved value
+    pairs, dropped, sampled = training_pairs(config, reference, reward_model, tokenizer, parents.sft_dir)
+    rows = to_rows(pairs, config) if to_rows else pairs
+    prompts = load_eval_prompts(config)
+    data = {"pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows), **sampled,
+            "eval_num_prompts": len(prompts), "eval_prompts_fingerprint": prompts_fingerprint(prompts)}
+    run_dir = claim_run(RunDir.for_config(config, run_name(config, method)),
+                        lambda: start_run(config, method, parents, data=data))
+    route_trainer_events(run_dir)
+    evaluator = build_evaluator(config, reference, tokenizer, reward_model, sft_dir=parents.sft_dir)
+
+    # Train.
+    args = copy.copy(config)
+    args.output_dir = str(run_dir.checkpoints_dir)
+    peft_config = lora_config(config)
+    with trainer_refusals(config):
+        trainer = with_exact_resume(trainer_class)(model=policy, ref_model=None if peft_config else reference, args=args,
+                                                   train_dataset=rows, processing_class=tokenizer,
+                                                   peft_config=peft_config)
+    callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir,
+                                  at_start=config.eval_at_start).attach(trainer)
+    attach_progress(trainer, run_dir.stage)
+    guarded_train(trainer, run_dir.resume_checkpoint(config.resume))
+
+    # Save.
+    metrics = final_metrics(trainer, callback, evaluator, sampled)
     return finish_run(run_dir, trainer.model, tokenizer, metrics, started, evaluator)

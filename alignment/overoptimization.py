@@ -34,7 +34,7 @@ from recipes.core.config import RunArguments
 from recipes.core.errors import UserError
 from recipes.core.generation import generate_answers, render_prompts
 from recipes.core.model_dirs import check_model_dir
-from recipes.core.rundir import RunDir, atomic_write_text, require_parent, weights_hash
+from recipes.core.rundir import RunDir, atomic_write_text, parent_entry, require_parent
 from recipes.core.seeds import stream_seed
 from recipes.core.stage_kit import load_eval_prompts
 from recipes.core.stages import METHODS, STAGES
@@ -202,7 +202,7 @@ def main(config: OveroptimizationConfig) -> dict:
     started = time.time()
     sft_dir, sft_run = resolve_sft(config)
     run = RunDir.for_config(config, STAGE)
-    run.start(config, parent=sft_run, data={"sft_model": str(sft_dir), "sft_weights_sha256": weights_hash(sft_dir)})
+    run.start(config, parents=[parent_entry("sft", sft_dir, sft_run)])
 
     proxies, proxy_metrics = {}, {}
     for name, pairs, flip_rate in config.proxies():
@@ -236,8 +236,7 @@ def main(config: OveroptimizationConfig) -> dict:
             best = max(result["points"], key=lambda p: p["gold"])
             metrics[f"{name}/{method}/best_gold"] = best["gold"]
             metrics[f"{name}/{method}/best_gold_kl"] = best["kl"]
-    run.model_dir.mkdir(exist_ok=True)  # no model of its own: the proxies and PPO policies have their runs
-    run.finish(metrics)
+    run.finish(metrics, makes_model=False)  # the proxies and PPO policies are models of runs of their own
     print(f"wrote {run.path}/overoptimization.png, results.json, results.md")
     return metrics
 

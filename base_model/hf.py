@@ -18,7 +18,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
-from .model import RMSNorm, Block, attention_mask_4d, positions_from_mask, residual_std, rope_cos_sin
+from .model import Block, RMSNorm, attention_mask_4d, positions_from_mask, residual_std, rope_cos_sin
 from .sampler import generate_fast
 
 # transformers 5.24 renamed the KV cache, argument and output field alike, from `past_key_values` to `cache`;

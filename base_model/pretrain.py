@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from torch.utils.tensorboard import SummaryWriter
+from transformers import get_scheduler
 
 from base_model import GPTConfig, GPTForCausalLM, load_tokenizer, train_tokenizer
 from base_model.flops import flops_per_token, measure_matmul_peak
@@ -260,30 +263,22 @@ def sample_texts(model, tokenizer, config: PretrainConfig) -> list[tuple[str, st
     return rows
 
 
-def main(config: PretrainConfig) -> dict:
-    from accelerate import Accelerator
-    from transformers import get_scheduler
-
-    # cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu` or torchrun run gloo processes.
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no", cpu=not torch.cuda.is_available())
-    run = RunDir.for_config(config, STAGE)
-    is_main = accelerator.is_main_process
-    started = time.time()
-
+def prepare_data(config: PretrainConfig, run: RunDir, accelerator) -> tuple:
+    """Claim the run, then (tokenizer, train token stream, validation token stream). The tokenizer is trained once
+    per run and kept beside the checkpoints, so a resume reuses it; the token streams are cached by content."""
     train_docs, val_docs = load_documents(config)
     fingerprint = data_fingerprint(config, tail=config.dataset_text_field)
-    if is_main:
+    if accelerator.is_main_process:
         run.start(config, data={"source": config.dataset_name, "fingerprint": fingerprint,
                                 "train_documents": len(train_docs), "validation_documents": len(val_docs)})
     accelerator.wait_for_everyone()
-    if not is_main:
+    if not accelerator.is_main_process:
         run.follow()
 
-    # The tokenizer is trained once per run and kept beside the checkpoints, so a resume reuses it.
     tokenizer_dir = run.checkpoints_dir / "tokenizer"
     with accelerator.main_process_first():
         if not (tokenizer_dir / "tokenizer.json").is_file():
-            if is_main:
+            if accelerator.is_main_process:
                 build_tokenizer(config, train_docs).save_pretrained(str(tokenizer_dir))
 
         tokenizer = load_tokenizer(str(tokenizer_dir))
@@ -292,9 +287,11 @@ def main(config: PretrainConfig) -> dict:
         cache.mkdir(parents=True, exist_ok=True)
         train_stream = tokenize_to_cache(train_docs, tokenizer, cache / "train.npy")
         val_stream = tokenize_to_cache(val_docs, tokenizer, cache / "validation.npy")
+    return tokenizer, train_stream, val_stream
 
-    model = build_model(config, tokenizer)
-    n_params = sum(p.numel() for p in model.parameters())
+
+def build_optimizer(config: PretrainConfig, model, accelerator) -> tuple:
+    """(prepared model, prepared AdamW without decay on norms, scheduler registered for checkpointing)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -308,105 +305,135 @@ def main(config: PretrainConfig) -> dict:
     # The scheduler is not prepared: accelerate would step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    return model, optimizer, scheduler
 
-    step, initial_eval_loss = 0, None
-    if config.resume:
-        checkpoints = complete_checkpoints(run.checkpoints_dir)
-        if checkpoints:
-            check_checkpoint(checkpoints[-1])
-            accelerator.load_state(str(checkpoints[-1]))
-            state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-            step, initial_eval_loss = state["step"], state["initial_eval_loss"]
-            accelerator.print(f"resumed from {checkpoints[-1]}")
-        else:
-            accelerator.print(f"no checkpoint in {run.checkpoints_dir}; starting from step 0")
 
-    writer = None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
+def resume_from_checkpoint(config: PretrainConfig, run: RunDir, accelerator) -> tuple[int, float | None]:
+    """(steps done, the initial evaluation loss) of the last complete checkpoint under --resume, else (0, None)."""
+    if not config.resume:
+        return 0, None
+    checkpoints = complete_checkpoints(run.checkpoints_dir)
+    if not checkpoints:
+        accelerator.print(f"no checkpoint in {run.checkpoints_dir}; starting from step 0")
+        return 0, None
+    check_checkpoint(checkpoints[-1])
+    accelerator.load_state(str(checkpoints[-1]))
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    accelerator.print(f"resumed from {checkpoints[-1]}")
+    return state["step"], state["initial_eval_loss"]
 
-        # purge_step drops events a killed run wrote after its last checkpoint.
-        writer = SummaryWriter(str(run.tb_dir), purge_step=step if step else None)
 
-    peak = measure_matmul_peak(torch.bfloat16 if config.bf16 else torch.float32, device=accelerator.device)
-    flops_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, config.max_length)
-    tokens_per_step = (config.per_device_train_batch_size * config.max_length
-                       * config.gradient_accumulation_steps * accelerator.num_processes)
+def train_step(model, optimizer, scheduler, accelerator, stream: np.ndarray, config: PretrainConfig, step: int,
+               run: RunDir) -> tuple[float, float]:
+    """One optimizer step over gradient_accumulation_steps micro-batches: (mean loss, gradient norm). A non-finite
+    loss or gradient stops before the update, so the weights and the checkpoints stay finite."""
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for micro in range(config.gradient_accumulation_steps):
+        batch = sample_batch(stream, config.per_device_train_batch_size, config.max_length,
+                             step_seed(config.seed, step, micro, accelerator.process_index)).to(accelerator.device)
+        last = micro == config.gradient_accumulation_steps - 1
+        with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
+            loss = model(input_ids=batch, labels=batch).loss / config.gradient_accumulation_steps
+            accelerator.backward(loss)
+        loss_sum += loss.detach().float()
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm))
+    loss_value = accelerator.reduce(loss_sum, reduction="mean").item()
+    for name, value in (("training loss", loss_value), ("gradient norm", grad_norm)):
+        if not math.isfinite(value):
+            raise non_finite_error(name, value, step + 1, run.checkpoints_dir)
+    kill_if_asked(step + 1)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value, grad_norm
+
+
+class ThroughputLog:
+    """Mean training loss, tokens per second and MFU over each window of logging_steps steps, to TensorBoard
+    and the console."""
+
+    def __init__(self, config: PretrainConfig, accelerator, writer, n_params: int):
+        self.config, self.accelerator, self.writer = config, accelerator, writer
+        self.peak = measure_matmul_peak(torch.bfloat16 if config.bf16 else torch.float32, device=accelerator.device)
+        self.flops_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, config.max_length)
+        self.tokens_per_step = (config.per_device_train_batch_size * config.max_length
+                                * config.gradient_accumulation_steps * accelerator.num_processes)
+        self.loss, self.steps, self.start = 0.0, 0, time.perf_counter()
+        self.train_loss = float("nan")
+
+    def begin(self) -> None:
+        """Start the first window now (not counting the evaluation before training)."""
+        self.start = time.perf_counter()
+
+    def add(self, step: int, loss: float, grad_norm: float, learning_rate: float) -> None:
+        self.loss, self.steps = self.loss + loss, self.steps + 1
+        if step % self.config.logging_steps and step != self.config.max_steps:
+            return
+        tokens_per_second = self.steps * self.tokens_per_step / (time.perf_counter() - self.start)
+        mfu = tokens_per_second * self.flops_token / (self.peak * self.accelerator.num_processes)
+        self.train_loss = self.loss / self.steps
+        if self.writer:
+            for key, value in (("loss", self.train_loss), ("learning_rate", learning_rate), ("grad_norm", grad_norm),
+                               ("tokens_per_second", tokens_per_second), ("mfu", mfu)):
+                self.writer.add_scalar(f"train/{key}", value, step)
+        self.accelerator.print(f"step {step:>6}/{self.config.max_steps}  loss {self.train_loss:.4f}  "
+                               f"lr {learning_rate:.2e}  {tokens_per_second:,.0f} tok/s  mfu {mfu:.1%}")
+        self.loss, self.steps, self.start = 0.0, 0, time.perf_counter()
+
+
+def main(config: PretrainConfig) -> dict:
+    # Setup. cpu=True on a machine without CUDA lets `accelerate launch --multi_gpu` or torchrun run gloo processes.
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no", cpu=not torch.cuda.is_available())
+    run = RunDir.for_config(config, STAGE)
+    started = time.time()
+    tokenizer, train_stream, val_stream = prepare_data(config, run, accelerator)
+    model = build_model(config, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    model, optimizer, scheduler = build_optimizer(config, model, accelerator)
+    step, initial_eval_loss = resume_from_checkpoint(config, run, accelerator)
+    # purge_step drops events a killed run wrote after its last checkpoint.
+    writer = SummaryWriter(str(run.tb_dir), purge_step=step if step else None) if accelerator.is_main_process \
+        else None
+    log = ThroughputLog(config, accelerator, writer, n_params)
     unwrapped = accelerator.unwrap_model(model)
 
     def log_eval(at_step: int) -> float:
         loss = evaluate(model, accelerator, val_stream, config)
         if writer:
             writer.add_scalar("eval/loss", loss, at_step)
-            writer.add_text("samples", markdown_table(["prompt", "sample"], sample_texts(unwrapped, tokenizer, config)), at_step)
+            writer.add_text("samples", markdown_table(["prompt", "sample"], sample_texts(unwrapped, tokenizer, config)),
+                            at_step)
         accelerator.print(f"step {at_step:>6}/{config.max_steps}  eval loss {loss:.4f}")
         return loss
 
+    # Train.
     if initial_eval_loss is None:
         initial_eval_loss = log_eval(0)
     eval_loss = initial_eval_loss
     model.train()
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    train_loss = float("nan")
-    bar = step_bar(config.max_steps, STAGE, initial=step) if is_main else None
+    bar = step_bar(config.max_steps, STAGE, initial=step) if accelerator.is_main_process else None
+    log.begin()
     while step < config.max_steps:
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for micro in range(config.gradient_accumulation_steps):
-            batch = sample_batch(train_stream, config.per_device_train_batch_size, config.max_length,
-                                 step_seed(config.seed, step, micro, accelerator.process_index)).to(accelerator.device)
-            last = micro == config.gradient_accumulation_steps - 1
-            with (contextlib.nullcontext() if last else accelerator.no_sync(model)), accelerator.autocast():
-                loss = model(input_ids=batch, labels=batch).loss / config.gradient_accumulation_steps
-                accelerator.backward(loss)
-            loss_sum += loss.detach().float()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        loss_value = accelerator.reduce(loss_sum, reduction="mean").item()
-        for name, value in (("training loss", loss_value), ("gradient norm", float(grad_norm))):
-            if not math.isfinite(value):  # stop before the update: the weights and checkpoints stay finite
-                raise non_finite_error(name, value, step + 1, run.checkpoints_dir)
-        kill_if_asked(step + 1)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, grad_norm = train_step(model, optimizer, scheduler, accelerator, train_stream, config, step, run)
         step += 1
         if bar is not None:
             bar.update()
-
-        window_loss, window_steps = window_loss + loss_value, window_steps + 1
-        if step % config.logging_steps == 0 or step == config.max_steps:
-            elapsed = time.perf_counter() - window_start
-            tokens_per_second = window_steps * tokens_per_step / elapsed
-            mfu = tokens_per_second * flops_token / (peak * accelerator.num_processes)
-            train_loss = window_loss / window_steps
-            if writer:
-                writer.add_scalar("train/loss", train_loss, step)
-                writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], step)
-                writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                writer.add_scalar("train/tokens_per_second", tokens_per_second, step)
-                writer.add_scalar("train/mfu", mfu, step)
-            accelerator.print(f"step {step:>6}/{config.max_steps}  loss {train_loss:.4f}  "
-                              f"lr {scheduler.get_last_lr()[0]:.2e}  {tokens_per_second:,.0f} tok/s  mfu {mfu:.1%}")
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        log.add(step, loss, grad_norm, scheduler.get_last_lr()[0])
         if step % config.eval_steps == 0 or step == config.max_steps:
             eval_loss = log_eval(step)
         if step % config.save_steps == 0 and step < config.max_steps:
-            state = {"step": step, "initial_eval_loss": initial_eval_loss}
-            path = save_checkpoint(accelerator, run, state, config.save_total_limit)
+            path = save_checkpoint(accelerator, run, {"step": step, "initial_eval_loss": initial_eval_loss},
+                                   config.save_total_limit)
             accelerator.print(f"saved checkpoint {path}")
-
     if bar is not None:
         bar.close()
-    metrics = {
-        "initial_eval_loss": initial_eval_loss,
-        "eval_loss": eval_loss,
-        "train_loss": train_loss,
-        "steps": step,
-        "tokens": step * tokens_per_step,
-        "parameters": n_params,
-        "wall_time_s": round(time.time() - started, 2),
-    }
+
+    # Save.
+    metrics = {"initial_eval_loss": initial_eval_loss, "eval_loss": eval_loss, "train_loss": log.train_loss,
+               "steps": step, "tokens": step * log.tokens_per_step, "parameters": n_params,
+               "wall_time_s": round(time.time() - started, 2)}
     accelerator.wait_for_everyone()
-    if is_main:
+    if accelerator.is_main_process:
         writer.close()
         run.save_model(unwrapped, tokenizer)
         run.finish(metrics)

@@ -135,15 +135,8 @@ def world_sources(configs: list[Any]) -> list[str]:
 
 def recorded_parents(manifest: dict) -> list[tuple[str, Path, str]]:
     """(what, model directory, weights sha256) of every model the run recorded starting from or scoring with."""
-    parents = []
-    parent = manifest.get("parent") or {}
-    if parent.get("weights_sha256"):
-        parents.append((parent.get("stage", "parent"), Path(parent["dir"]) / "model", parent["weights_sha256"]))
-    data = manifest.get("data") or {}
-    for key in ("sft", "reward"):
-        if data.get(f"{key}_model") and data.get(f"{key}_weights_sha256"):
-            parents.append((f"{key} model", Path(data[f"{key}_model"]), data[f"{key}_weights_sha256"]))
-    return parents
+    return [(f"{p['role']} model", Path(p["model"]), p["weights_sha256"])
+            for p in manifest.get("parents") or [] if p.get("weights_sha256")]
 
 
 def resumable(run: RunDir, config: Any) -> bool:
@@ -167,6 +160,8 @@ def reason_to_run(run: RunDir, config: Any) -> str | None:
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return "config changed: " + ", ".join(changed[:3]) + more
+    if "parents" not in manifest:
+        return "its manifest was written by an older rlhf-lab (no parents recorded)"
     for what, model_dir, sha in recorded_parents(manifest):
         if not model_dir.is_dir():
             return f"its {what} ({model_dir}) is gone"

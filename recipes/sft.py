@@ -28,7 +28,7 @@ from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.progress import attach_progress
-from recipes.core.rundir import RunDir, require_parent, weights_hash
+from recipes.core.rundir import RunDir, parent_entry, require_parent
 from recipes.core.stage_kit import (
     data_fingerprint,
     hold_out_last,
@@ -201,10 +201,8 @@ def main(config: SFTStageConfig) -> dict:
             "fingerprint": data_fingerprint(config, *eval_fingerprint, tail=config.dataset_format),
             "train_conversations": len(train), "eval_conversations": len(test),
             "dropped_too_long": {"train": train_dropped, "eval": test_dropped},
-            "eval_prompts": config.eval_prompts, "eval_num_prompts": len(prompts), "model": str(model_path)}
-    if parent is None and Path(model_path).is_dir():
-        data["model_weights_sha256"] = weights_hash(Path(model_path))
-    claim_run(run, lambda: run.start(config, parent=parent, data=data))
+            "eval_prompts": config.eval_prompts, "eval_num_prompts": len(prompts)}
+    claim_run(run, lambda: run.start(config, parents=[parent_entry("pretrain", model_path, parent)], data=data))
     route_trainer_events(run)
 
     gold = SFTGoldEvalCallback(tokenizer, prompts, run=run, max_new_tokens=config.eval_max_new_tokens,

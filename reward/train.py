@@ -33,7 +33,7 @@ from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.progress import attach_progress
-from recipes.core.rundir import RunDir, require_parent
+from recipes.core.rundir import RunDir, parent_entry, require_parent
 from recipes.core.seeds import stream_seed
 from recipes.core.stage_kit import data_fingerprint, hold_out_last, load_eval_prompts, lora_config, trainer_refusals
 from recipes.core.tracking import route_trainer_events
@@ -267,9 +267,9 @@ def main(config: RewardStageConfig) -> dict:
             raise UserError("key 'sft_sample_pairs': needs the annotators' noise; set annotator_bt_temperature "
                             "and annotator_flip_rate, or train on world data")
         distinct_prompts(train_pairs["prompt"], config.sft_sample_pairs)
-    claim_run(run, lambda: run.start(config, parent=parent, data={
-        "source": config.dataset_name, "fingerprint": data_fingerprint(config, tail=config.dataset_format), "train_pairs": len(train_pairs),
-        "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts, "model": str(model_dir)}))
+    data = {"source": config.dataset_name, "fingerprint": data_fingerprint(config, tail=config.dataset_format),
+            "train_pairs": len(train_pairs), "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts}
+    claim_run(run, lambda: run.start(config, parents=[parent_entry(PARENT, model_dir, parent)], data=data))
     config.output_dir = str(run.checkpoints_dir)  # after start: config.yaml keeps output_dir unset
 
     model, tokenizer = load_reward_model(model_dir, config.seed)

@@ -38,14 +38,15 @@ def test_best_of_picks_the_first_highest():
 
 def test_the_run_finishes_with_the_evaluation_and_its_kl_estimate_under_the_bound(bon_run):
     m = manifest(bon_run)
-    assert m["status"] == "finished" and m["stage"] == "align-best-of-n" and m["parent"]["stage"] == "sft"
+    assert m["status"] == "finished" and m["stage"] == "align-best-of-n" and [p["role"] for p in m["parents"]] == ["sft", "reward"]
+    assert m["parents"][0]["stage"] == "sft"
     metrics = m["metrics"]
     for key in EVAL_METRICS:
         assert math.isfinite(metrics[key]), key
     assert metrics["n"] == 4 and metrics["kl_bound"] == pytest.approx(math.log(4) - 3 / 4)
     assert 0.0 < metrics["kl"] <= metrics["kl_bound"] + 1e-9 and "kl_k3" not in metrics
     assert "estimated" in m["data"]["kl"] and m["data"]["n"] == 4
-    assert m["data"]["reward_weights_sha256"]
+    assert m["parents"][1]["weights_sha256"]
     assert metrics["gold_reward_low"] <= metrics["gold_reward"] <= metrics["gold_reward_high"]
     assert metrics["gold_gain_low"] <= metrics["gold_gain"] <= metrics["gold_gain_high"]
     assert metrics["gold_gain"] == pytest.approx(metrics["gold_reward"] - metrics["sft_gold_reward"])
@@ -78,7 +79,8 @@ def test_best_of_one_is_the_sft_model(smoke_sft, smoke_reward, tmp_path):
     assert metrics["kl"] == metrics["kl_bound"] == 0.0
     assert metrics["gold_gain_low"] <= 0.0 <= metrics["gold_gain_high"]
     assert metrics["tie_rate"] < 1.0  # an independent draw, not the baseline's own answers
-    assert m["parent"] is None and m["data"]["sft_model"] == str(smoke_sft / "model")
+    sft = m["parents"][0]
+    assert sft["run"] is None and sft["model"] == str(smoke_sft / "model") and len(sft["weights_sha256"]) == 64
 
 
 def test_tensorboard_holds_the_gold_eval_scalars_and_samples(bon_run):

@@ -79,8 +79,9 @@ def test_training_changes_the_sft_weights(aligned, smoke_sft):
 def test_manifest_records_parents_evaluation_and_baseline(aligned, smoke_sft, smoke_reward):
     m = manifest(aligned)
     assert m["status"] == "finished" and m["stage"] == aligned.name
-    assert m["parent"]["stage"] == "sft" and m["parent"]["weights_sha256"] == weights_hash(smoke_sft / "model")
-    assert m["data"]["reward_weights_sha256"] == weights_hash(smoke_reward / "model")
+    sft, reward = m["parents"]
+    assert (sft["role"], sft["stage"], sft["weights_sha256"]) == ("sft", "sft", weights_hash(smoke_sft / "model"))
+    assert (reward["role"], reward["weights_sha256"]) == ("reward", weights_hash(smoke_reward / "model"))
     assert m["data"]["eval_num_prompts"] == 10 and m["data"]["pairs"] > 0
     metrics = m["metrics"]
     for key in EVAL_METRICS:
@@ -129,7 +130,7 @@ def test_ipo_is_a_loss_type_choice(smoke_reward, smoke_runs):
     assert m["status"] == "finished" and m["metrics"]["steps"] == 2
     # At the start both losses see a zero margin: sigmoid gives log 2, IPO (margin - 1/(2 beta))^2 = 25.
     assert m["metrics"]["train_loss"] > 10
-    assert m["data"]["sft_weights_sha256"] and m["parent"] is None  # user-given models are hashed in data
+    assert m["parents"][0]["weights_sha256"] and m["parents"][0]["run"] is None  # a model given by path is hashed too
 
 
 @pytest.mark.parametrize("method", ["dpo", "kto"])

@@ -64,10 +64,10 @@ def test_manifest_records_parents_and_the_evaluation(method, grpo_run, rloo_run,
     run = {"grpo": grpo_run, "rloo": rloo_run}[method]
     m = manifest(run)
     assert m["status"] == "finished" and m["stage"] == f"align-{method}"
-    assert m["parent"]["stage"] == "sft"
-    assert m["parent"]["weights_sha256"] == manifest(smoke_reward)["parent"]["weights_sha256"]  # the same SFT model
+    assert [p["role"] for p in m["parents"]] == ["sft", "reward"] and m["parents"][0]["stage"] == "sft"
+    assert m["parents"][0]["weights_sha256"] == manifest(smoke_reward)["parents"][0]["weights_sha256"]  # same SFT
     assert m["data"]["reward"] == ("proxy" if method == "grpo" else "gold")
-    assert len(m["data"]["reward_weights_sha256"]) == 64
+    assert len(m["parents"][1]["weights_sha256"]) == 64
     metrics = m["metrics"]
     for key in EVAL_KEYS:
         assert isinstance(metrics[key], float), key

@@ -43,7 +43,7 @@ def test_policy_parameters_change(ppo_run, smoke_sft):
 def test_manifest_holds_the_evaluation_and_the_ppo_numbers(ppo_run):
     manifest = json.loads((ppo_run / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["stage"] == "align-ppo"
-    assert manifest["parent"]["stage"] == "sft" and "reward_weights_sha256" in manifest["data"]
+    assert [(p["role"], p["stage"]) for p in manifest["parents"]] == [("sft", "sft"), ("reward", "reward")]
     metrics = manifest["metrics"]
     for key in EVALUATION + tuple(f"sft_{k}" for k in ("gold_reward", "proxy_reward")):
         assert key in metrics, key

@@ -34,7 +34,7 @@ def test_run_directory_follows_the_contract(smoke_run):
     manifest = json.loads((smoke_run / "manifest.json").read_text())
     assert manifest["stage"] == "pretrain" and manifest["recipe"] == "smoke"
     assert manifest["status"] == "finished" and manifest["finished"] >= manifest["started"]
-    assert manifest["seed"] == 0 and manifest["parent"] is None
+    assert manifest["seed"] == 0 and manifest["parents"] == []
     assert manifest["versions"]["torch"] == importlib.metadata.version("torch")
     assert len(manifest["data"]["fingerprint"]) >= 8
     assert manifest["metrics"]["steps"] == 100

@@ -115,8 +115,9 @@ def test_smoke_reward_run(smoke_sft, smoke_reward):
     run = smoke_reward  # made through the CLI by the session fixture, shared with the alignment tests
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["stage"] == "reward"
-    assert manifest["parent"]["stage"] == "sft"
-    assert manifest["parent"]["weights_sha256"] == weights_hash(smoke_sft / "model")
+    (parent,) = manifest["parents"]
+    assert (parent["role"], parent["stage"]) == ("sft", "sft")
+    assert parent["weights_sha256"] == weights_hash(smoke_sft / "model")
     assert manifest["data"]["fingerprint"]
     for name in METRICS:
         assert math.isfinite(manifest["metrics"][name]), name

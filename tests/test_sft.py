@@ -55,8 +55,9 @@ def test_run_directory_and_manifest(smoke_sft, smoke_pretrain):
     assert {"config.yaml", "manifest.json", "model", "checkpoints", "tb"} <= {p.name for p in smoke_sft.iterdir()}
     m = manifest(smoke_sft)
     assert m["stage"] == "sft" and m["recipe"] == "smoke" and m["status"] == "finished"
-    assert m["parent"]["stage"] == "pretrain"
-    assert m["parent"]["weights_sha256"] == weights_hash(smoke_pretrain / "model")
+    (parent,) = m["parents"]
+    assert (parent["role"], parent["stage"]) == ("pretrain", "pretrain")
+    assert parent["weights_sha256"] == weights_hash(smoke_pretrain / "model")
     assert len(m["data"]["fingerprint"]) == 16 and m["data"]["eval_num_prompts"] == 10
     metrics = m["metrics"]
     for key in ("pretrained_gold_reward", "gold_reward", "end_of_turn_rate", "pretrained_end_of_turn_rate",
@@ -115,7 +116,7 @@ def test_lora_saves_a_merged_model_that_loads_like_any_other(smoke_pretrain, smo
                      "--learning_rate", "1e-2"]) == 0
     run = smoke_runs / "smoke-lora" / "sft"
     m = manifest(run)
-    assert m["status"] == "finished" and m["parent"] is None and m["data"]["model_weights_sha256"]
+    assert m["status"] == "finished" and m["parents"][0]["run"] is None and m["parents"][0]["weights_sha256"]
     assert m["metrics"]["trainable_parameters"] < m["metrics"]["parameters"] / 4
     assert not (run / "model" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(run / "model")

@@ -1,8 +1,9 @@
-"""Run directories: the contract between stages (DESIGN.md, "Run directory contract").
+"""Run directories: the contract between stages (docs/operating.md, "Run directories").
 
     runs/<recipe>/<stage>/
       config.yaml     the fully resolved config (re-runnable with --config)
-      manifest.json   stage, parent + hash of its weights, git commit, versions, data, seed, times, metrics
+      manifest.json   stage, parents (parent_entry: role, run, model, weights sha256), git commit, versions,
+                      data, seed, times, metrics
       model/          the output, from_pretrained-loadable, with its tokenizer
       checkpoints/    for --resume
       tb/             TensorBoard events
@@ -130,6 +131,16 @@ def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return sorted(done, key=step_of)
 
 
+def parent_entry(role: str, model_dir: Path | str, run: "RunDir | None" = None) -> dict[str, Any]:
+    """One entry of a manifest's `parents`, the same shape for every stage: the parent's role (the registry's
+    name for the stage it stands for: pretrain, sft, reward), the run it came from (None for a model given by
+    path), the model folder and the sha256 of its weights (None for a hub name: no local weights to hash)."""
+    model_dir = Path(run.model_dir if run is not None else model_dir)
+    return {"role": role, "stage": run.stage if run is not None else None,
+            "run": str(run.path) if run is not None else None, "model": str(model_dir),
+            "weights_sha256": weights_hash(model_dir) if model_dir.is_dir() else None}
+
+
 def prune_checkpoints(checkpoints_dir: Path, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints (`save_total_limit`; 0 or None keeps every one)."""
     for old in complete_checkpoints(checkpoints_dir)[:-keep] if keep and keep > 0 else []:
@@ -220,8 +231,10 @@ class RunDir:
             raise UserError(f"{self.manifest_path}: corrupted manifest (not JSON)") from None
 
     def is_finished(self) -> bool:
+        """Finished, with its model/ still there (unless the stage makes no model: see finish())."""
         manifest = self.manifest()
-        return bool(manifest and manifest.get("status") == "finished" and self.model_dir.is_dir())
+        return bool(manifest and manifest.get("status") == "finished"
+                    and (self.model_dir.is_dir() or manifest.get("makes_model") is False))
 
     def interrupted_rerun(self) -> "RunDir | None":
         """The unfinished --overwrite rerun beside a finished run, as a RunDir of its own, or None."""
@@ -235,8 +248,9 @@ class RunDir:
         self.path = self.rerun_path if self.rerun_path.is_dir() else self.final
         return self
 
-    def start(self, config: Any, *, parent: "RunDir | None" = None, data: dict[str, Any] | None = None) -> None:
+    def start(self, config: Any, *, parents: list[dict] = (), data: dict[str, Any] | None = None) -> None:
         """Claim the directory for this run; refuse to destroy a finished or resumable run by accident.
+        `parents` (from `parent_entry`) are the models the run starts from or scores with.
 
         Afterwards the rerun directory exists exactly when this run is a staged rerun (see follow())."""
         resume, overwrite = getattr(config, "resume", False), getattr(config, "overwrite", False)
@@ -281,8 +295,7 @@ class RunDir:
             "stage": self.stage,
             "recipe": self.recipe,
             "status": "running",
-            "parent": None if parent is None else {
-                "stage": parent.stage, "dir": str(parent.path), "weights_sha256": weights_hash(parent.model_dir)},
+            "parents": list(parents),
             "git_commit": git_commit(),
             "versions": package_versions(),
             "data": data or {},
@@ -342,10 +355,11 @@ class RunDir:
         else:
             os.replace(tmp, self.model_dir)
 
-    def finish(self, metrics: dict[str, Any]) -> None:
-        """Mark the run finished; a staged rerun then takes the finished run's place, which is removed."""
+    def finish(self, metrics: dict[str, Any], *, makes_model: bool = True) -> None:
+        """Mark the run finished; a staged rerun then takes the finished run's place, which is removed.
+        A stage with no model of its own (an experiment whose models live in runs of their own) says so."""
         manifest = self.manifest() or {}
-        manifest.update(status="finished", finished=now(), metrics=metrics)
+        manifest.update(status="finished", finished=now(), metrics=metrics, makes_model=makes_model)
         self._write_manifest(manifest)
         if self.path == self.rerun_path:
             if self.final.exists():
