@@ -29,7 +29,8 @@ def fit_history(answerer, messages: list[dict], max_new_tokens: int) -> list[dic
     return kept
 
 
-def chat(answerer, proxy, *, temperature: float, max_new_tokens: int, seed: int, read=input, write=print) -> int:
+def chat(answerer, proxy, *, temperature: float, max_new_tokens: int, seed: int, read=None, write=None) -> int:
+    read, write = read or input, write or print  # looked up per call, so a replaced input() or print() is used
     write(f"chatting with {answerer.name}" + (f" (best of {answerer.best_of_n})" if answerer.best_of_n > 1 else "")
           + "; /reset for a new conversation, /quit to leave")
     messages: list[dict] = []

@@ -14,6 +14,8 @@ from recipes.cli import main as rlhf_lab
 from recipes.core.kill_switch import ENV as KILL_ENV
 from recipes.core.lock import recipe_lock
 from recipes.core.rundir import weights_hash
+from recipes.core.stages import METHODS as METHOD_SPECS
+from recipes.core.stages import STAGES as REGISTRY
 from recipes.core.statistics import seed_interval
 from recipes.runner import plan
 
@@ -59,6 +61,15 @@ def test_run_then_rerun_skips_then_an_edited_key_reruns_that_stage_and_its_desce
         manifest = json.loads((runs / "smoke" / f"align-{method}" / "manifest.json").read_text())
         assert manifest["status"] == "finished" and manifest["data"]["method"] == method
     assert (runs / "smoke" / "compare" / "compare.md").is_file()
+    # every manifest records its parents in one shape, the roles the stage registry names, each a finished run
+    specs = {**REGISTRY, **{f"align-{m}": METHOD_SPECS[m] for m in METHODS}}
+    for stage in STAGES[1:-1]:
+        manifest = json.loads((runs / "smoke" / stage / "manifest.json").read_text())
+        parents = manifest["parents"]
+        assert [p["role"] for p in parents] == list(specs[stage].parents), stage
+        for parent in parents:
+            assert parent["stage"] == parent["role"] and parent["model"] == str(runs / "smoke" / parent["role"] / "model")
+            assert parent["weights_sha256"] == weights_hash(Path(parent["model"]))
 
     second = run(recipe, runs, capsys)
     assert second == dict.fromkeys(STAGES, "skipped")
