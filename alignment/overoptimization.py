@@ -225,7 +225,6 @@ def main(config: OveroptimizationConfig) -> dict:
             entry["methods"][method] = {"points": points, "base_gold": base, "fit": fit}
         results["proxies"][name] = entry
 
-
     plot(run.path / "overoptimization.png", results)
     atomic_write_text(run.path / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(run.path / "results.md", table(results) + "\n")

@@ -178,7 +178,6 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 
 
 def main(config: SFTStageConfig) -> dict:
-
     started = time.time()
     run = RunDir.for_config(config, STAGE)
     model_path, parent = resolve_model_path(config)

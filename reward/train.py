@@ -262,7 +262,6 @@ def main(config: RewardStageConfig) -> dict:
     annotators = annotator_noise(config)
     eval_prompts = load_eval_prompts(config)
     if config.sft_sample_pairs:  # before any model loads: bad input fails fast
-
         if annotators is None:
             raise UserError("key 'sft_sample_pairs': needs the annotators' noise; set annotator_bt_temperature "
                             "and annotator_flip_rate, or train on world data")

@@ -40,6 +40,7 @@ def attach_progress(trainer, desc: str) -> None:
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(StepProgress(desc))
 
+
 _recipe_bar_open = False
 
 
