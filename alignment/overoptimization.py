@@ -35,11 +35,11 @@ from recipes.core.errors import UserError
 from recipes.core.generation import generate_answers, render_prompts
 from recipes.core.model_dirs import check_model_dir
 from recipes.core.rundir import RunDir, atomic_write_text, parent_entry, require_parent
+from recipes.core.runner import reason_to_run, resumable
 from recipes.core.seeds import stream_seed
 from recipes.core.stage_kit import load_eval_prompts
 from recipes.core.stages import METHODS, STAGES
 from recipes.core.world import gold_reward
-from recipes.runner import reason_to_run, resumable
 from reward import score, train
 
 STAGE = "overoptimization"

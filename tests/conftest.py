@@ -12,7 +12,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
 

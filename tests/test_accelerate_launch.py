@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes/smoke"
@@ -26,7 +26,7 @@ SMOKE = REPO / "recipes/smoke"
 def launch(argv: list[str]) -> subprocess.CompletedProcess:
     """`accelerate launch` with the shipped DDP config, two processes of one thread each."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "-m", "recipes.cli", *argv]
+               str(REPO / "recipes/accelerate_configs/ddp.yaml"), "--num_processes", "2", "-m", "recipes.core.cli", *argv]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stderr[-4000:]

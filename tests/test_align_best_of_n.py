@@ -11,7 +11,7 @@ import yaml
 import base_model  # noqa: F401
 from alignment.best_of_n import BestOfNConfig, best_of
 from alignment.common import build_evaluator, load_policy, load_reward_model
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.config import parse_config
 from recipes.core.rundir import weights_hash
 

@@ -12,7 +12,7 @@ from alignment.common import load_policy, load_reward_model
 from alignment.dpo import DPOStageConfig
 from alignment.kto import KTOStageConfig, unpair
 from alignment.proxy_pairs import proxy_ranked_pairs
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.config import config_dict, parse_config
 from recipes.core.data import load_preferences, load_prompts
 from recipes.core.rundir import weights_hash

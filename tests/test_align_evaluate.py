@@ -21,7 +21,7 @@ from alignment.evaluate import (
     write,
 )
 from base_model.hf import GPTConfig, GPTForCausalLM
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.data import load_prompts
 from recipes.core.seeds import stream_seed
 

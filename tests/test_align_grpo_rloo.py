@@ -11,7 +11,7 @@ from alignment.common import load_reward_model
 from alignment.grpo import GRPOStageConfig
 from alignment.online import make_proxy_reward_func
 from alignment.rloo import RLOOStageConfig
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.config import config_dict, parse_config, to_yaml
 from reward import score
 from tests.conftest import REPO

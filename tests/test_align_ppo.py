@@ -11,7 +11,7 @@ import torch
 
 from alignment.common import load_policy, load_reward_model
 from alignment.ppo_trainer import token_values
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from reward.evaluate import render
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes/smoke"
@@ -246,7 +246,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_finished_run(finished, tm
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.cli", "sft", "--config", str(SMOKE / "sft.yaml"), "--runs_root", str(runs),
+        [sys.executable, "-m", "recipes.core.cli", "sft", "--config", str(SMOKE / "sft.yaml"), "--runs_root", str(runs),
          "--max_steps", "4", "--save_steps", "2", "--eval_num_prompts", "2", "--overwrite"],
         cwd=REPO, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})

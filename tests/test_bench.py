@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 
 TRAIN_KEYS = {"size", "params", "dtype", "batch", "seq_len", "ours_tokens_per_s", "llama_tokens_per_s", "ratio",
               "ours_mfu", "llama_mfu", "ours_flops_per_s", "llama_flops_per_s", "ours_peak_bytes", "llama_peak_bytes",

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 from base_model.pretrain import PretrainConfig
-from recipes.cli import COMMANDS
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import COMMANDS
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.config import parse_config, to_yaml
 from recipes.core.errors import UserError
 from reward.train import RewardStageConfig

@@ -15,10 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from test_sampler import PAD, chat_tokenizer, left_padded, tiny_lm  # noqa: F401 (chat_tokenizer is a fixture)
 from transformers import GenerationMixin
 
 from recipes.core.generation import generate_answers
-from test_sampler import PAD, chat_tokenizer, left_padded, tiny_lm  # noqa: F401 (chat_tokenizer is a fixture)
 
 STEPS = 20
 

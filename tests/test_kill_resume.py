@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.kill_switch import ENV as KILL_ENV
 from recipes.core.rundir import weights_hash
 
@@ -95,7 +95,7 @@ def test_a_stage_killed_at_a_random_step_resumes_to_the_uninterrupted_result(sta
     print(f"RLHF_LAB_KILL_SEED={seed}: {stage} kills itself before completing step {kill_at} "
           f"(last checkpoint: step {after})")
     killed = smoke_runs / f"kill-{stage}" / stage_dir(stage)
-    child = subprocess.run([sys.executable, "-m", "recipes.cli", *command, "--recipe", f"kill-{stage}"], cwd=REPO,
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", *command, "--recipe", f"kill-{stage}"], cwd=REPO,
                            env={**os.environ, KILL_ENV: str(kill_at)}, capture_output=True, text=True, timeout=300)
     assert child.returncode == -9, f"{stage} was not killed at step {kill_at} (rc {child.returncode}): {child.stderr[-2000:]}"
     assert json.loads((killed / "manifest.json").read_text())["status"] != "finished"
@@ -132,7 +132,7 @@ def test_best_of_n_killed_while_sampling_resumes_to_the_same_choice(smoke_reward
     kill_at = random.Random(seed).randint(1, 15)
     print(f"RLHF_LAB_KILL_SEED={seed}: best-of-n kills itself before drawing candidate {kill_at} of 16")
     killed = smoke_runs / "kill-best-of-n/align-best-of-n"
-    child = subprocess.run([sys.executable, "-m", "recipes.cli", *command, "--recipe", "kill-best-of-n"], cwd=REPO,
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", *command, "--recipe", "kill-best-of-n"], cwd=REPO,
                            env={**os.environ, KILL_ENV: str(kill_at)}, capture_output=True, text=True, timeout=300)
     assert child.returncode == -9, f"best-of-n was not killed (rc {child.returncode}): {child.stderr[-2000:]}"
     assert json.loads((killed / "manifest.json").read_text())["status"] == "running"
@@ -164,7 +164,7 @@ def test_a_crafted_checkpoint_state_is_refused_not_run(stage, state_name, smoke_
                "reward": smoke_runs / "smoke/reward/model"}
     command = [part.format(**parents) for part in template] + ["--runs_root", str(smoke_runs),
                                                                "--recipe", f"crafted-{stage}"]
-    child = subprocess.run([sys.executable, "-m", "recipes.cli", *command], cwd=REPO, capture_output=True,
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", *command], cwd=REPO, capture_output=True,
                            env={**os.environ, KILL_ENV: "4"}, timeout=300)
     assert child.returncode == -9
     checkpoints = smoke_runs / f"crafted-{stage}" / stage_dir(stage) / "checkpoints"

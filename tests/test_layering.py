@@ -23,8 +23,8 @@ LAYERS = [
     ("SFT stage", ["recipes.sft", "recipes.sft_callbacks"]),
     ("reward stage", ["reward"]),
     ("alignment stages", ["alignment"]),
-    ("runner and compare", ["recipes.cli", "recipes.runner", "alignment.compare", "alignment.compare_plots",
-                            "alignment.compare_tensorboard", "alignment.overoptimization",
+    ("runner and compare", ["recipes.core.cli", "recipes.core.runner", "alignment.compare",
+                            "alignment.compare_plots", "alignment.compare_tensorboard", "alignment.overoptimization",
                             "alignment.overoptimization_plot", "alignment.gao_fits"]),
 ]
 
@@ -123,7 +123,7 @@ def test_there_is_no_import_cycle(graph):
 def test_the_checks_catch_what_they_are_for(tmp_path):
     """On crafted sources, an upward import, a function-local one and a cycle are each caught."""
     assert layer_of("base_model.hf") < layer_of("recipes.core.config") < layer_of("base_model.pretrain") \
-        < layer_of("recipes.sft") < layer_of("reward.train") < layer_of("alignment.dpo") < layer_of("recipes.runner")
+        < layer_of("recipes.sft") < layer_of("reward.train") < layer_of("alignment.dpo") < layer_of("recipes.core.runner")
     source = tmp_path / "bad.py"
     source.write_text("from alignment.dpo import main\n\n\ndef f():\n    from recipes.core import errors\n")
     found = list(imports("recipes.core.bad", source, {"alignment.dpo": source, "recipes.core.errors": source}))

@@ -6,7 +6,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    GenerationMixin,
+)
 
 from base_model import GPTConfig, GPTForCausalLM, GPTForSequenceClassification, GPTModel, train_tokenizer
 from base_model.hf import CACHE_FIELD

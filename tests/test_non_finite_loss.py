@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes/smoke"

@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.config import parse_config
 from recipes.core.kill_switch import ENV as KILL_ENV
 from recipes.core.rundir import RunDir, atomic_write_text
-from recipes.runner import resumable
+from recipes.core.runner import resumable
 from recipes.sft import SFTStageConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def test_a_killed_or_failing_rerun_leaves_the_finished_run_intact_until_a_rerun_
 
     # A rerun with another learning rate, killed after its second checkpoint: the same.
     changed = command + ["--learning_rate", "1e-3"]
-    child = subprocess.run([sys.executable, "-m", "recipes.cli", *changed, "--overwrite"], cwd=REPO,
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", *changed, "--overwrite"], cwd=REPO,
                            capture_output=True, env={**os.environ, KILL_ENV: "5"}, timeout=300)
     assert child.returncode == -signal.SIGKILL
     assert (rerun / "checkpoints/checkpoint-4/trainer_state.json").is_file()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from alignment.gao_fits import fit_gao, gao_curve
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.kill_switch import ENV as KILL_ENV
 from reward.train import flip_labels
 
@@ -120,7 +120,7 @@ def test_overoptimization_killed_at_a_random_step_resumes_to_the_same_results(ov
     print(f"RLHF_LAB_KILL_SEED={seed}: killing run {after + 1} of 4 before it completes step {step}")
     argv = smoke_argv(smoke_sft, smoke_runs, "overopt-killed")
     run = smoke_runs / "overopt-killed" / "overoptimization"
-    child = subprocess.run([sys.executable, "-m", "recipes.cli", *argv], cwd=REPO, capture_output=True, text=True,
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", *argv], cwd=REPO, capture_output=True, text=True,
                            env={**os.environ, KILL_ENV: f"{step}@{after + 1}"}, timeout=300)
     assert child.returncode == -9, f"not killed (rc {child.returncode}): {child.stderr[-2000:]}"
     assert json.loads((run / "manifest.json").read_text())["status"] == "running"

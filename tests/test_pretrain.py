@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.kill_switch import ENV as KILL_ENV
 
 SMOKE = "recipes/smoke/pretrain.yaml"
@@ -96,7 +96,7 @@ def test_a_finished_run_is_not_overwritten_without_overwrite(smoke_run, runs_roo
 def test_killed_run_resumes_to_the_same_losses(smoke_run, runs_root):
     """A real child process killed after its first checkpoint (it SIGKILLs itself at step 30, the checkpoint is
     at 25: recipes/core/kill_switch.py), resumed, ends where an uninterrupted run ends."""
-    command = [sys.executable, "-m", "recipes.cli", "pretrain", "--config", str(REPO / SMOKE),
+    command = [sys.executable, "-m", "recipes.core.cli", "pretrain", "--config", str(REPO / SMOKE),
                "--runs_root", str(runs_root), "--recipe", "killed"]
     child = subprocess.run(command, cwd=REPO, capture_output=True, env={**os.environ, KILL_ENV: "30"}, timeout=300)
     killed = runs_root / "killed" / "pretrain"

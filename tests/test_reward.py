@@ -9,7 +9,7 @@ import pytest
 
 import base_model  # noqa: F401
 from base_model import load_tokenizer
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.data import load_prompts, read_rows
 from recipes.core.rundir import weights_hash
 from recipes.core.world import gold_reward

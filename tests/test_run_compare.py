@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.kill_switch import ENV as KILL_ENV
 from recipes.core.lock import recipe_lock
 from recipes.core.rundir import weights_hash
+from recipes.core.runner import plan
 from recipes.core.stages import METHODS as METHOD_SPECS
 from recipes.core.stages import STAGES as REGISTRY
 from recipes.core.statistics import seed_interval
-from recipes.runner import plan
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["dpo", "kto", "grpo", "rloo", "ppo", "best-of-n"]
@@ -283,7 +283,7 @@ def test_run_resumes_a_recipe_killed_mid_stage_at_that_stage_with_the_same_resul
     runs = tmp_path / "runs"
     kill_at = random.Random().randint(26, 99)  # smoke pretraining saves at steps 25, 50 and 75 and ends at 100
     print(f"killing `rlhf-lab run` before pretraining step {kill_at}")
-    child = subprocess.run([sys.executable, "-m", "recipes.cli", "run", str(REPO / "recipes/smoke"), "--runs_root",
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", "run", str(REPO / "recipes/smoke"), "--runs_root",
                             str(runs), "--jobs", "1"], cwd=REPO, capture_output=True,
                            env={**os.environ, KILL_ENV: str(kill_at)}, timeout=300)
     assert child.returncode == -9, child.stderr[-2000:]

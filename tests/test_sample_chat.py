@@ -4,7 +4,7 @@ from pathlib import Path
 
 from alignment.answerers import load_answerer
 from alignment.chat import fit_history
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.generation import render_prompts
 
 REPO = Path(__file__).resolve().parents[1]

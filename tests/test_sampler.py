@@ -8,8 +8,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, GenerationMixin
 
-from base_model import GPTConfig, GPTForCausalLM, train_tokenizer
-from base_model import sampler
+from base_model import GPTConfig, GPTForCausalLM, sampler, train_tokenizer
 from base_model.sampler import fast_path_ok, sample
 from recipes.core.generation import generate_answers
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 import base_model  # noqa: F401
-from recipes.cli import main as rlhf_lab
+from recipes.core.cli import main as rlhf_lab
 from recipes.core.config import parse_config
 from recipes.core.generation import generate_answers
 from recipes.core.kill_switch import ENV as KILL_ENV
@@ -164,7 +164,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(smoke_pretrain, smoke_runs)
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "recipes.cli", "sft", "--config", SMOKE, "--runs_root", str(smoke_runs),
+    command = [sys.executable, "-m", "recipes.core.cli", "sft", "--config", SMOKE, "--runs_root", str(smoke_runs),
                "--recipe", "smoke-killed", "--model_name_or_path", str(smoke_pretrain / "model"),
                "--max_steps", "12", "--save_steps", "4", "--eval_steps", "12", "--eval_num_prompts", "2"]
     run = smoke_runs / "smoke-killed" / "sft"

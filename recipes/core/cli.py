@@ -29,7 +29,7 @@ COMMANDS = {
     "align": ("alignment.cli", "align the SFT model: --method dpo, kto, grpo, rloo, ppo or best-of-n"),
     "overoptimization": (None, STAGES["overoptimization"].summary),
     "compare": ("alignment.compare", "compare a recipe's alignment runs: table, plots, TensorBoard HParams"),
-    "run": ("recipes.runner", "run a whole recipe in order, skipping stages already done, then compare"),
+    "run": ("recipes.core.runner", "run a whole recipe in order, skipping stages already done, then compare"),
     "sample": ("alignment.sample", "answer the same prompts side by side with several models, gold and proxy scored"),
     "chat": ("alignment.chat", "talk to a model; each answer shown with its gold and proxy score"),
     "export": ("base_model.export", "convert a trained model into transformers' LlamaForCausalLM"),

@@ -325,7 +325,7 @@ def run_side_by_side(todo: list[tuple[Stage, str, bool, bool]], jobs: int, log_d
             stage, reason, exists, resume = pending.pop(0)
             log = log_dir / f"{stage.name}.log"
             how = ["--resume", "true"] if resume else ["--overwrite", "true"] if exists else []
-            argv = [sys.executable, "-m", "recipes.cli", *stage.command, *stage.argv, *how]
+            argv = [sys.executable, "-m", "recipes.core.cli", *stage.command, *stage.argv, *how]
             print(f"[{stage.name}] " + ("resuming from its last checkpoint" if resume else f"running ({reason})")
                   + f", {threads} thread(s), log {log}", flush=True)
             handle = open(log, "a" if resume else "w", encoding="utf-8")
