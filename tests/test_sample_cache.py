@@ -32,8 +32,8 @@ def test_two_processes_asking_at_once_sample_once_and_get_the_same_answers(tmp_p
     context = multiprocessing.get_context("spawn")
     queue, barrier = context.Queue(), context.Barrier(2)
     (tmp_path / "markers").mkdir()
-    workers = [context.Process(target=ask, args=(str(tmp_path / "cache"), str(tmp_path / "markers"), who, queue, barrier))
-               for who in ("first", "second")]
+    cache, markers = str(tmp_path / "cache"), str(tmp_path / "markers")
+    workers = [context.Process(target=ask, args=(cache, markers, who, queue, barrier)) for who in ("first", "second")]
     for w in workers:
         w.start()
     answers = [queue.get(timeout=120) for _ in workers]
