@@ -2,8 +2,4 @@
 (evaluate.py). `score` is this package's public face for later stages: a reward model's score of
 (prompt, answer) pairs, rendered exactly as in training."""
 
-from reward.evaluate import score as _score
-
-
-def score(model, tokenizer, prompts, answers, **kwargs) -> list[float]:
-    return _score(model, tokenizer, prompts, answers, **kwargs)
+from reward.evaluate import score  # noqa: F401  (the package's public face)
