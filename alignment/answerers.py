@@ -3,7 +3,8 @@ proxy scores of its answers. Shared by `rlhf-lab chat` and `rlhf-lab sample`.
 
 A RUN_DIR is a stage's run directory (runs/<recipe>/sft, runs/<recipe>/align-dpo, ...) or a saved
 model directory. A best-of-n run answers as its policy does: n samples from its SFT model, the one
-its reward model scores highest. The proxy score comes from the recipe's reward model
+its rewards (its reward model, and whatever else its `reward_funcs` named) score highest. The proxy
+score comes from the recipe's reward model
 (runs/<recipe>/reward/model beside the run) unless another is named.
 """
 
@@ -11,11 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from pathlib import Path
 
 import base_model
 from alignment.best_of_n import REWARD_SUBDIR, SPEC_FILE
 from alignment.common import load_policy, load_reward_model
+from alignment.rewards import build as build_rewards
+from alignment.rewards import combined
 from recipes.core.errors import UserError
 from recipes.core.generation import generate_answers
 from recipes.core.model_dirs import check_model_dir
@@ -30,8 +34,7 @@ class Answerer:
     model: object
     tokenizer: object
     best_of_n: int = 1
-    chooser: object = None  # the best-of-n policy's own reward model
-    missing_eos_penalty: float | None = None  # and the end-of-turn rule it chose by
+    chooser: object = None  # the best-of-n policy's own reward: chooser(prompts, answers) -> scores
 
     @property
     def context(self) -> int:
@@ -46,10 +49,8 @@ class Answerer:
         rounds = [generate_answers(self.model, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
                                    seed=stream_seed(seed, "best-of-n/candidate", k), **sampling)
                   for k in range(self.best_of_n)]
-        proxies = [score(self.chooser, self.tokenizer, prompts, [a.text for a in answers],
-                         ended=[a.ended for a in answers], missing_eos_penalty=self.missing_eos_penalty)
-                   for answers in rounds]
-        best = [max(range(self.best_of_n), key=lambda k: (proxies[k][i], -k)) for i in range(len(prompts))]
+        rewards = [self.chooser(prompts, answers) for answers in rounds]
+        best = [max(range(self.best_of_n), key=lambda k: (rewards[k][i], -k)) for i in range(len(prompts))]
         return [rounds[k][i] for i, k in enumerate(best)]
 
 
@@ -72,9 +73,22 @@ def load_answerer(path: str | Path) -> Answerer:
     if spec_file.is_file():
         spec = json.loads(spec_file.read_text(encoding="utf-8"))
         return Answerer(name, model, tokenizer, best_of_n=int(spec["n"]),
-                        chooser=load_reward_model(model_dir / REWARD_SUBDIR),
-                        missing_eos_penalty=spec.get("missing_eos_penalty"))
+                        chooser=chooser_of(spec, spec_file, model_dir / REWARD_SUBDIR, tokenizer))
     return Answerer(name, model, tokenizer)
+
+
+def chooser_of(spec: dict, spec_file: Path, reward_dir: Path, tokenizer):
+    """The reward a best-of-n run chose by, rebuilt from its spec (runs from before `reward_funcs` chose by the
+    proxy alone)."""
+    keys = types.SimpleNamespace(reward_funcs=spec.get("reward_funcs") or ["proxy"],
+                                 missing_eos_penalty=spec.get("missing_eos_penalty"))
+    weights = spec.get("reward_weights") or [1.0] * len(keys.reward_funcs)
+    try:
+        functions = build_rewards(keys, reward_model=load_reward_model(reward_dir), reward_tokenizer=tokenizer,
+                                  tokenizer=tokenizer, batch_size=32)
+    except ValueError as error:
+        raise UserError(f"{spec_file}: {error}") from None
+    return combined(functions, weights)
 
 
 @dataclasses.dataclass

@@ -4,7 +4,8 @@ No training. For each evaluation prompt (and each of its `eval_samples_per_promp
 n candidates from the SFT model (the evaluator's own sampling settings: temperature, top_p,
 max_new_tokens; candidate k from a stream of its own, `recipes.core.seeds.stream_seed(seed,
 "best-of-n/candidate", k)`, independent of the evaluator's SFT baseline answers) and keep the one the
-proxy reward model scores highest (the first on a tie). The chosen answers go through the one
+reward scores highest (the first on a tie): `reward_funcs` (alignment/rewards.py), by default the proxy
+reward model alone. The chosen answers go through the one
 evaluation (`alignment.evaluate`), like every trained method's samples.
 
 KL to the SFT model: log n - (n-1)/n is an upper bound (Beirami et al. 2024, "Theoretical guarantees on
@@ -15,9 +16,10 @@ a distribution that puts on every answer drawn twice or more its exact SFT proba
 rest of the mass evenly over the draws seen once. It equals the exact KL when the draws cover a small
 categorical distribution, the bound when no two draws coincide, and never exceeds the bound. No k3 estimate is
 written (there are no policy log-probabilities to take it from). Besides the evaluation's metrics:
-`best_proxy_reward` (mean proxy of the chosen answers, from the pass that chose them; the choice itself
-maximised the proxy less `missing_eos_penalty` for an answer cut off before its end of turn), `sft_<metric>`
-(the SFT baseline), `tokens_generated` (all n candidates).
+`best_proxy_reward` (mean proxy of the chosen answers, from the pass that scored the candidates; the choice
+itself maximised the weighted `reward_funcs`, the proxy less `missing_eos_penalty` for an answer cut off before
+its end of turn by default), `sft_<metric>` (the SFT baseline), `tokens_generated` (all n candidates),
+`reward_queries` (the candidates the reward model scored to choose).
 
 model/ holds what "the best-of-n policy" is: the SFT model (from_pretrained-loadable, with its
 tokenizer), the reward model in model/reward_model/, and model/best_of_n.json naming both (with the
@@ -42,6 +44,8 @@ from alignment.common import (
     start_run,
 )
 from alignment.evaluate import answer_logprobs, write
+from alignment.rewards import RewardArguments, combined, reward_queries
+from alignment.rewards import build as build_rewards
 from recipes.core.config import RunArguments
 from recipes.core.data import fingerprint
 from recipes.core.distributed import require_one_process
@@ -58,16 +62,18 @@ REWARD_SUBDIR = "reward_model"
 
 
 @dataclasses.dataclass
-class BestOfNConfig(RunArguments, AlignArguments):
-    """Best-of-n over the SFT model by the reward model. Training keys (dataset_*, lora_*, eval_every) are unused."""
+class BestOfNConfig(RunArguments, AlignArguments, RewardArguments):
+    """Best-of-n over the SFT model by the rewards. Training keys (dataset_*, lora_*, eval_every) are unused."""
 
-    n: int = dataclasses.field(default=4, metadata={"help": "Answers sampled per prompt; the proxy's favourite is kept."})
+    n: int = dataclasses.field(default=4, metadata={"help": "Answers sampled per prompt; the one the rewards score "
+                                                    "highest is kept."})
     seed: int = dataclasses.field(
         default=0, metadata={"help": "Seeds the candidates' streams and the evaluation's (recipes/core/seeds.py)."})
 
     def __post_init__(self):
         if self.n <= 0:
             raise ValueError(f"key 'n' must be a positive integer, got {self.n}")
+        self.check_reward_keys()
         self.check_alignment_keys()
 
 
@@ -135,10 +141,10 @@ def best_of(scores: list[list[float]]) -> list[int]:
     return [max(range(len(row)), key=lambda k: (row[k], -k)) for row in scores]
 
 
-def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_penalty: float | None = None):
-    """(chosen answers, proxy scores [slot][candidate], the scores the choice maximised (proxy less
-    `missing_eos_penalty` for a cut-off answer) [slot][candidate], chosen index per slot, all candidates
-    [candidate][slot])."""
+def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward=None):
+    """(chosen answers, proxy scores [slot][candidate], the rewards the choice maximised [slot][candidate], chosen
+    index per slot, all candidates [candidate][slot]). `reward(prompts, answers)`: what chooses (default: the
+    proxy's scores)."""
     samples = []
     bar = step_bar(n, f"{METHOD} samples")
     for k in range(n):
@@ -149,9 +155,9 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, missing_eos_pe
     bar.close()
     proxy = [score(reward_model, evaluator.tokenizer, evaluator.prompts, [a.text for a in answers],
                    ended=[a.ended for a in answers], batch_size=evaluator.batch_size) for answers in samples]
+    chooser = [reward(evaluator.prompts, answers) for answers in samples] if reward is not None else proxy
     per_prompt = [list(column) for column in zip(*proxy)]
-    chosen_by = [[s - (missing_eos_penalty or 0.0) * (not samples[k][i].ended) for k, s in enumerate(row)]
-                 for i, row in enumerate(per_prompt)]
+    chosen_by = [list(column) for column in zip(*chooser)]
     chosen = best_of(chosen_by)
     return [samples[k][i] for i, k in enumerate(chosen)], per_prompt, chosen_by, chosen, samples
 
@@ -181,8 +187,10 @@ def main(config: BestOfNConfig) -> dict:
     sft_model, tokenizer = load_policy(parents.sft_dir)
     reward_model = load_reward_model(parents.reward_dir)
     evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
+    reward_funcs = build_rewards(config, reward_model=reward_model, reward_tokenizer=tokenizer, tokenizer=tokenizer,
+                                 batch_size=evaluator.batch_size)
     answers, proxy, chosen_by, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed,
-                                                                   config.missing_eos_penalty)
+                                                                   combined(reward_funcs, config.weights))
     kl = candidates_kl(sft_model, evaluator.prompt_ids, samples, chosen_by, config.n,
                        temperature=evaluator.temperature, batch_size=evaluator.batch_size,
                        pad_token_id=tokenizer.pad_token_id)
@@ -196,6 +204,9 @@ def main(config: BestOfNConfig) -> dict:
         "best_proxy_reward": sum(s[k] for s, k in zip(proxy, chosen)) / len(proxy),  # the scoring pass that chose
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
         "tokens_generated": sum(a.num_tokens for answers_k in samples for a in answers_k),
+        "reward_funcs": "+".join(config.reward_funcs),
+        "reward_queries": reward_queries(reward_funcs),
+        "preference_labels": 0,
     })
     writer = SummaryWriter(str(run.tb_dir))
     write(writer, metrics, rows, step=0)
@@ -209,6 +220,7 @@ def main(config: BestOfNConfig) -> dict:
         "reward_weights_sha256": weights_hash(parents.reward_dir),
         "sampling": {k: v for k, v in evaluator.generation.items() if k not in ("batch_size", "seed")},
         "kl": kl, "kl_bound": bound, "missing_eos_penalty": config.missing_eos_penalty,
+        "reward_funcs": list(config.reward_funcs), "reward_weights": config.weights,
     })
     metrics["wall_time_s"] = round(time.time() - started, 2)
     record_per_prompt(run, evaluator)

@@ -5,9 +5,10 @@ Reads the finished `align-*` run directories under runs/<name> (one per method, 
 
     compare.md, compare.csv   a row per method and seed (and with several seeds, the mean and its 95%
                               t-interval across seeds), the SFT baseline first: the loss each method ran,
-                              gold reward, its gain over SFT with the paired interval, win rate vs SFT with
-                              its interval, proxy reward, KL to SFT, length, per-family scores, wall time,
-                              tokens; then which methods differ (paired, prompt by prompt, Holm-corrected)
+                              the rewards the online methods and best-of-n optimised (reward_funcs), gold
+                              reward, its gain over SFT with the paired interval, win rate vs SFT with its
+                              interval, proxy reward, KL to SFT, length, per-family scores, and the costs:
+                              wall time, tokens generated, reward-model queries, preference labels; then which methods differ (paired, prompt by prompt, Holm-corrected)
                               and, with several seeds, how stable the ranking is (Kendall's W)
     pairwise.csv              every pair of methods of every seed: the paired difference in gold, its
                               interval, p-value and whether it survives Holm's correction
@@ -19,9 +20,12 @@ Reads the finished `align-*` run directories under runs/<name> (one per method, 
     manifest.json             the runs compared (to know when it is out of date) and the rows
 
 All numbers are the methods' own final evaluations (alignment/evaluate.py: same prompts, same sampling),
-but for two costs: wall time is the whole stage's, evaluations included; tokens generated are those a
-method sampled to learn or choose from (DPO/KTO's sampled pairs, PPO/GRPO/RLOO's rollouts, best-of-n's
-n answers per prompt), the evaluations' own samples left out.
+but for the costs: wall time is the whole stage's, evaluations included; tokens generated are those a
+method sampled to learn or choose from (the offline methods' sampled pairs, the online methods' rollouts,
+best-of-n's n answers per prompt), the evaluations' own samples left out; reward queries are the answers
+the reward model scored to train or choose (not counting the evaluation's proxy column); preference labels
+are the pairs a method trained on (the dataset's or the proxy-ranked ones; online DPO's, one per prompt a
+step). The reward model's own training labels are shared by every method and not counted.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from alignment.compare_tensorboard import write_tensorboard
 from recipes.core.config import CommandParser
 from recipes.core.errors import UserError
 from recipes.core.rundir import atomic_write_text, now
-from recipes.core.stages import METHODS
+from recipes.core.stages import METHODS, method_of
 from recipes.core.statistics import holm, kendalls_w, paired_difference, seed_interval
 from recipes.core.tracking import markdown_table
 
@@ -49,6 +53,7 @@ BASELINE = "sft"
 # (metric key, column header, format) in table order; gold/<family> columns are added from the runs.
 COLUMNS = [
     ("loss", "loss", "{}"),
+    ("reward_funcs", "trained on", "{}"),
     ("gold_reward", "gold", "{:+.3f}"),
     ("gold_gain", "gain vs SFT", "{:+.3f}"),
     ("win_rate", "win vs SFT", "{:.1%}"),
@@ -64,6 +69,8 @@ TASK_COLUMNS = [
 COST_COLUMNS = [
     ("wall_time_s", "wall s", "{:.0f}"),
     ("tokens_generated", "tokens generated", "{:,.0f}"),
+    ("reward_queries", "reward queries", "{:,.0f}"),
+    ("preference_labels", "pref. labels", "{:,.0f}"),
 ]
 
 
@@ -104,8 +111,9 @@ def per_prompt_of(path: Path) -> dict | None:
         return None
 
 
-def method_of(name: str, manifest: dict) -> str:
-    return (manifest.get("data") or {}).get("method") or re.sub(r"-seed\d+$", "", name)[len("align-"):]
+def row_name(name: str) -> str:
+    """A run's row in the table: its directory name without align- and -seed<k> (dpo, grpo-rlvr)."""
+    return re.sub(r"-seed\d+$", "", name)[len("align-"):]
 
 
 def collect(recipe_runs: Path) -> list[Run]:
@@ -124,14 +132,14 @@ def collect(recipe_runs: Path) -> list[Run]:
         if manifest.get("status") != "finished":
             print(f"compare: leaving out {path.name} (not finished)")
             continue
-        method = method_of(path.name, manifest)
+        method = row_name(path.name)
         runs.append(Run(path.name, method, int(manifest.get("seed") or 0), path, manifest.get("metrics") or {},
                         manifest.get("finished") or "", loss_of(path), per_prompt_of(path)))
     if not runs:
         raise UserError(f"{recipe_runs}: no finished alignment runs (align-<method>/) to compare; "
                         f"run `rlhf-lab run recipes/{recipe_runs.name}` first")
     order = {m: i for i, m in enumerate(METHODS)}
-    return sorted(runs, key=lambda r: (order.get(r.method, len(order)), r.method, r.seed))
+    return sorted(runs, key=lambda r: (order.get(method_of(r.method), len(order)), r.method, r.seed))
 
 
 def family_columns(runs: list[Run]) -> list[tuple[str, str, str]]:
@@ -142,7 +150,7 @@ def family_columns(runs: list[Run]) -> list[tuple[str, str, str]]:
 def baseline_metrics(run: Run) -> dict:
     """The SFT model's numbers as evaluated inside `run` (same prompts and seed)."""
     out = {k[len("sft_"):]: v for k, v in run.metrics.items() if k.startswith("sft_")}
-    out.update(wall_time_s=None, tokens_generated=None)
+    out.update(wall_time_s=None, tokens_generated=None, reward_queries=None, preference_labels=None)
     return out
 
 
@@ -171,10 +179,13 @@ def build_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str, str]]]
 def mean_row(method: str, group: list[dict], keys: list[str]) -> dict:
     """The mean over seeds of every column; gold's, the gain's and the win rate's intervals are the 95%
     Student-t intervals across the seeds."""
-    row = {"method": method, "seed": "mean", "run": f"{len(group)} seeds", "loss": group[0].get("loss")}
+    row = {"method": method, "seed": "mean", "run": f"{len(group)} seeds"}
     for key in keys:
         values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
-        row[key] = seed_interval(values)[0] if values else None
+        if values:
+            row[key] = seed_interval(values)[0]
+        elif key in ("loss", "reward_funcs"):  # what the method ran, the same in every seed
+            row[key] = group[0].get(key)
     for key in INTERVALS:
         values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
         if values:

@@ -31,7 +31,7 @@ LAYOUT = [
         ("over-refusal", [r"gold_eval/over_refusal$"]),
     ]),
     ("alignment methods: training", [
-        ("training reward (proxy unless --reward gold)", [r"train/reward$", r"ppo/reward$"]),
+        ("training reward (the reward_funcs: the proxy unless set)", [r"train/reward$", r"ppo/reward$"]),
         ("training KL", [r"train/kl$", r"ppo/kl$"]),
         ("loss", [r"train/loss$", r"ppo/policy_loss$"]),
     ]),

@@ -213,7 +213,7 @@ class Evaluator:
 def write(writer, metrics: dict[str, float], rows: list[dict], step: int, limit: int = 20) -> None:
     """Metrics as TensorBoard scalars under gold_eval/, rows as a text table."""
     for key, value in metrics.items():
-        if value is not None and math.isfinite(value):
+        if isinstance(value, (int, float)) and math.isfinite(value):  # text (reward_funcs) is not a scalar
             writer.add_scalar(f"{TB_PREFIX}/{key}", value, step)
     headers = ["family", "prompt", "answer", "gold"] + (["proxy"] if rows and "proxy" in rows[0] else [])
     table = [[r["family"], r["prompt"], r["answer"] + ("" if r["ended"] else " …"), f"{r['gold']:+.2f}"]

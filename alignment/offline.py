@@ -1,9 +1,9 @@
-"""What DPO and KTO share: offline alignment on preference data through a TRL trainer.
+"""What the offline methods share (DPO, KTO, SimPO, ORPO): alignment on preference data through a TRL trainer.
 
-Both train the SFT model on the recipe's preference pairs, or with `sft_sample_pairs` on pairs of its
+They train the SFT model on the recipe's preference pairs, or with `sft_sample_pairs` on pairs of its
 own answers ranked by the reward model (alignment/proxy_pairs.py), against a frozen reference (the
-SFT model again), with LoRA through peft as a config choice, and are evaluated by the one evaluation
-(alignment/evaluate.py) every `eval_every` steps. A method module supplies its TRL trainer class
+SFT model again; SimPO and ORPO have none), with LoRA through peft as a config choice, and are
+evaluated by the one evaluation (alignment/evaluate.py) every `eval_every` steps. A method module supplies its TRL trainer class
 and how pairs become its training rows; `run(config, method, trainer_class, to_rows)` does the rest.
 
 The reference: with full fine-tuning a second, frozen copy of the SFT model is passed to the trainer
@@ -158,7 +158,7 @@ def training_pairs(config, reference, reward_model, tokenizer, sft_dir: Path) ->
     return pairs, dropped, sampled
 
 
-def final_metrics(trainer, callback, evaluator, sampled: dict) -> dict:
+def final_metrics(trainer, callback, evaluator, sampled: dict, pairs: int) -> dict:
     """The last evaluation, the training's own numbers and TRL's last logged rewards, and the SFT baseline's."""
     train_losses = logged(trainer, "loss")
     metrics = {
@@ -167,6 +167,8 @@ def final_metrics(trainer, callback, evaluator, sampled: dict) -> dict:
         "mean_train_loss": mean_train_loss(trainer),
         "steps": trainer.state.global_step,
         "tokens_generated": sampled.get("sft_sample_tokens", 0),
+        "reward_queries": sampled.get("sft_sample_answers", 0),  # the proxy scored every sampled answer
+        "preference_labels": pairs,
         "evaluations": len(callback.history),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
@@ -178,8 +180,9 @@ def final_metrics(trainer, callback, evaluator, sampled: dict) -> dict:
     return metrics
 
 
-def run(config, method: str, trainer_class, to_rows=None) -> dict:
-    """Train `method` with `trainer_class` (a TRL trainer taking ref_model and peft_config) and evaluate it.
+def run(config, method: str, trainer_class, to_rows=None, *, reference_free: bool = False) -> dict:
+    """Train `method` with `trainer_class` (a TRL trainer taking peft_config, and ref_model unless
+    `reference_free`: SimPO, ORPO) and evaluate it.
 
     `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
     """
@@ -206,15 +209,16 @@ def run(config, method: str, trainer_class, to_rows=None) -> dict:
     args = copy.copy(config)
     args.output_dir = str(run_dir.checkpoints_dir)
     peft_config = lora_config(config)
+    reference_kwargs = {} if reference_free else {"ref_model": None if peft_config else reference}
     with trainer_refusals(config):
-        trainer = with_exact_resume(trainer_class)(model=policy, ref_model=None if peft_config else reference, args=args,
-                                                   train_dataset=rows, processing_class=tokenizer,
-                                                   peft_config=peft_config)
+        trainer = with_exact_resume(trainer_class)(model=policy, args=args, train_dataset=rows,
+                                                   processing_class=tokenizer, peft_config=peft_config,
+                                                   **reference_kwargs)
     callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir,
                                   at_start=config.eval_at_start).attach(trainer)
     attach_progress(trainer, run_dir.stage)
     guarded_train(trainer, run_dir.resume_checkpoint(config.resume))
 
     # Save.
-    metrics = final_metrics(trainer, callback, evaluator, sampled)
+    metrics = final_metrics(trainer, callback, evaluator, sampled, len(pairs))
     return finish_run(run_dir, trainer.model, tokenizer, metrics, started, evaluator)

@@ -1,17 +1,15 @@
-"""What GRPO and RLOO share: online RL from sampled answers, through `trl.GRPOTrainer` / `trl.RLOOTrainer`.
+"""What the online methods share: RL from sampled answers through a TRL trainer (GRPO's family, RLOO, online DPO).
 
-For each prompt the policy samples `num_generations` answers; a reward function scores them and
-each answer's advantage is its reward against the others of its group (GRPO: group mean and
-standard deviation; RLOO: the mean of the other answers). The reward that trains the policy is
+For each prompt the policy samples answers; the reward functions (`reward_funcs`, alignment/rewards.py: the
+proxy by default, the gold reward, a verifier, a length penalty or the user's own) score them, and each
+answer's advantage is its reward against the others of its group (GRPO: group mean and standard deviation;
+RLOO: the mean of the other answers), or, in online DPO, the better of two answers is the chosen one.
 
-    proxy   the trained reward model (the default): what RLHF really optimises, and can over-optimise;
-    gold    the world's gold reward as a verifiable reward (RLVR): the ceiling to compare with.
-
-The evaluation (alignment/evaluate.py) is the same either way: gold, proxy and KL on held-out
+The evaluation (alignment/evaluate.py) is the same whatever trains the policy: gold, proxy and KL on held-out
 prompts, before training, every `eval_every` steps and at the end, into the manifest and TensorBoard.
 
 A method's config is `dataclass(RunArguments, AlignArguments, OnlineArguments, <TRL config>)`;
-`OnlineArguments` holds the `reward` key, the checks, and the TRL defaults that differ here.
+`OnlineArguments` holds the reward keys, the checks, and the TRL defaults that differ here.
 """
 
 from __future__ import annotations
@@ -32,6 +30,8 @@ from alignment.common import (
     start_run,
 )
 from alignment.evaluate import EvaluationCallback
+from alignment.rewards import RewardArguments, reward_queries
+from alignment.rewards import build as build_rewards
 from recipes.core.config import TrainerDefaults
 from recipes.core.data import load_prompts
 from recipes.core.distributed import claim_run
@@ -44,20 +44,11 @@ from recipes.core.rundir import RunDir
 from recipes.core.stage_kit import lora_config, trainer_refusals
 from recipes.core.tracking import route_trainer_events
 from recipes.core.training_log import logged
-from recipes.core.world import make_gold_reward_func
-from reward import score
-
-REWARDS = ("proxy", "gold")
 
 
 @dataclasses.dataclass
-class OnlineArguments(TrainerDefaults):
-    """The `reward` key, and TRL keys whose defaults change for the lab (CPU first, TensorBoard)."""
-
-    reward: str = dataclasses.field(
-        default="proxy",
-        metadata={"help": "The reward that trains the policy: proxy (the trained reward model) or gold "
-                  "(the world's gold reward, as a verifiable reward).", "choices": list(REWARDS)})
+class OnlineArguments(RewardArguments, TrainerDefaults):
+    """The reward keys, and TRL keys whose defaults change for the lab (CPU first, TensorBoard)."""
 
     # TRL keys whose defaults change here.
     logging_steps: float = 1
@@ -68,9 +59,9 @@ class OnlineArguments(TrainerDefaults):
     def __post_init__(self):
         stage = f"align-{self.METHOD}"
         self.apply_trainer_defaults(stage)
-        if self.reward not in REWARDS:
-            raise ValueError(f"key 'reward' must be one of {', '.join(REWARDS)}, got '{self.reward}'")
-        check_generation_batch(self)
+        self.check_reward_keys()
+        if hasattr(self, "num_generations"):  # GRPO's family and RLOO; online DPO samples two answers a prompt
+            check_generation_batch(self)
         self.check_alignment_keys()
         super().__post_init__()
 
@@ -104,46 +95,44 @@ def check_generation_batch(config) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Reward functions (TRL's signature: prompts, completions, completion_ids, dataset columns...)
+# Reward functions
 
 
-def ended_flags(completion_ids, eos_token_id: int) -> list[bool] | None:
-    """Did each completion end its turn? TRL cuts completion_ids just after the first eos, if any."""
+def as_answered(completion_ids, eos_token_id: int, pad_token_id: int | None):
+    """Each completion's ids as the answer was generated: up to and including its first end of turn, else without
+    trailing padding. GRPO/RLOO pass them cut already; online DPO passes the padded batch."""
     if completion_ids is None:
         return None
-    return [bool(len(ids)) and int(ids[-1]) == eos_token_id for ids in completion_ids]
+    out = []
+    for ids in completion_ids:
+        ids = [int(i) for i in ids]
+        if eos_token_id in ids:
+            ids = ids[:ids.index(eos_token_id) + 1]
+        elif pad_token_id is not None:
+            while ids and ids[-1] == pad_token_id:
+                ids.pop()
+        out.append(ids)
+    return out
 
 
-def make_proxy_reward_func(reward_model, tokenizer, *, batch_size: int = 32, missing_eos_penalty: float | None = None):
-    """A TRL reward function scoring with the trained reward model, rendered as in its training
-    (`reward.score`: the chat template; a cut-off answer without its end of turn, and `missing_eos_penalty`
-    off its score, as PPO does)."""
-    def proxy_reward(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
-        ended = ended_flags(completion_ids, tokenizer.eos_token_id)
-        return score(reward_model, tokenizer, list(prompts), list(completions), ended=ended, batch_size=batch_size,
-                     missing_eos_penalty=missing_eos_penalty if ended is not None else None)
+def trainer_reward_funcs(functions, tokenizer):
+    """The reward functions as a TRL trainer calls them: completion ids unpadded (`as_answered`); the first also
+    counts the completions it scores (`.completions`) and their tokens (`.tokens_generated`), which, as the
+    trainer scores each sampled completion exactly once, are what the run generated."""
+    def wrap(function, count: bool):
+        def reward(prompts, completions, completion_ids=None, **kwargs):
+            completion_ids = as_answered(completion_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+            if count:
+                reward.completions += len(completions)
+                reward.tokens_generated += sum(map(len, completion_ids or []))
+            return function(prompts, completions, completion_ids=completion_ids, **kwargs)
 
-    return proxy_reward
+        reward.__name__ = function.__name__  # TRL names the reward's logs after it
+        reward.inner = getattr(function, "inner", function)
+        reward.completions = reward.tokens_generated = 0
+        return reward
 
-
-def make_reward_func(config, reward_model, tokenizer):
-    if config.reward == "gold":
-        return counting_tokens(make_gold_reward_func(tokenizer.eos_token_id))
-    return counting_tokens(make_proxy_reward_func(reward_model, tokenizer, batch_size=config.eval_generation_batch_size,
-                                                  missing_eos_penalty=config.missing_eos_penalty))
-
-
-def counting_tokens(reward_func):
-    """`reward_func`, also adding up the tokens of every completion it scores in `.tokens_generated`:
-    the trainer scores each sampled completion exactly once, so this is the tokens the run generated."""
-    def counted(prompts, completions, completion_ids=None, **kwargs):
-        if completion_ids is not None:
-            counted.tokens_generated += sum(len(ids) for ids in completion_ids)
-        return reward_func(prompts, completions, completion_ids=completion_ids, **kwargs)
-
-    counted.__name__ = reward_func.__name__  # TRL names the reward's logs after it
-    counted.tokens_generated = 0
-    return counted
+    return [wrap(f, i == 0) for i, f in enumerate(functions)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,45 +149,59 @@ def load_train_prompts(config):
 
 
 def check_context(config, model_dir, prompts) -> int:
-    """Prompt + max_completion_length must fit the model's context (TRL does not cut prompts); checked
-    from the saved config and tokenizer, before any weights load."""
+    """Prompt + the answer budget (max_completion_length; online DPO's max_new_tokens) must fit the model's
+    context (TRL does not cut prompts); checked from the saved config and tokenizer, before any weights load."""
     from transformers import AutoConfig
 
     tokenizer = base_model.load_tokenizer(str(model_dir))
     context = AutoConfig.from_pretrained(str(model_dir)).max_position_embeddings
     longest = max(map(len, render_prompts(tokenizer, prompts["prompt"])))
-    if config.max_completion_length is None or longest + config.max_completion_length > context:
-        raise UserError(f"key 'max_completion_length' ({config.max_completion_length}) plus the longest prompt "
-                        f"({longest} tokens) exceeds the model's context ({context})")
+    key = "max_completion_length" if hasattr(config, "max_completion_length") else "max_new_tokens"
+    budget = getattr(config, key)
+    if budget is None or longest + budget > context:
+        raise UserError(f"key '{key}' ({budget}) plus the longest prompt ({longest} tokens) exceeds the model's "
+                        f"context ({context})")
     return longest
 
 
 def trainer_args(config, output_dir):
     args = copy.copy(config)
     args.output_dir = str(output_dir)
+    if hasattr(args, "missing_eos_penalty"):
+        args.missing_eos_penalty = None  # online DPO's own; the lab's reward functions apply the rule once
     return args
 
 
-def train_metrics(trainer, reward_name: str) -> dict:
-    rewards, kls = logged(trainer, "reward"), logged(trainer, "kl")
-    return {
+def train_metrics(trainer, reward_funcs) -> dict:
+    """The training's last logged numbers: TRL's summed reward and KL (GRPO/RLOO), or online DPO's scores."""
+    rewards = logged(trainer, "reward") or logged(trainer, "objective/scores")
+    kls = logged(trainer, "kl") or logged(trainer, "objective/kl")
+    metrics = {
         "steps": trainer.state.global_step,
         "train_reward_initial": rewards[0] if rewards else None,
         "train_reward": rewards[-1] if rewards else None,
-        f"train_{reward_name}": (logged(trainer, f"rewards/{reward_name}/mean") or [None])[-1],
         "train_kl": kls[-1] if kls else None,
         "train_completion_length": (logged(trainer, "completions/mean_length") or [None])[-1],
     }
+    for function in reward_funcs:  # each reward's own mean, where TRL logs it (GRPO/RLOO)
+        values = logged(trainer, f"rewards/{function.__name__}/mean")
+        if values:
+            metrics[f"train_{function.__name__}"] = values[-1]
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
 # The stage
 
 
-def run_online(config, method: str, trainer_class) -> dict:
-    """`main` of an online method: SFT policy + reward -> trainer_class -> evaluated, saved run."""
+def run_online(config, method: str, trainer_class, *, pairs_per_prompt: int | None = None) -> dict:
+    """`main` of an online method: SFT policy + rewards -> trainer_class -> evaluated, saved run.
+
+    `pairs_per_prompt`: online DPO's preference labels per training prompt (one pair of answers ranked by the
+    rewards); None for the group methods, which learn from rewards, not labels.
+    """
     started = time.time()
-    parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated even when gold trains
+    parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated whatever trains the policy
     prompts = load_train_prompts(config)
     longest_prompt = check_context(config, parents.sft_dir, prompts)
     policy, tokenizer = load_policy(parents.sft_dir)
@@ -211,15 +214,18 @@ def run_online(config, method: str, trainer_class) -> dict:
     reward_model.to(device)
     sft_model.to(device)
 
-    data = {"reward": config.reward, "train_prompts": len(prompts), "longest_prompt_tokens": longest_prompt}
+    data = {"reward_funcs": list(config.reward_funcs), "reward_weights": config.weights,
+            "train_prompts": len(prompts), "longest_prompt_tokens": longest_prompt}
     run = claim_run(RunDir.for_config(config, run_name(config, method)),
                     lambda: start_run(config, method, parents, data=data))
     route_trainer_events(run)
-    reward_func = make_reward_func(config, reward_model, reward_tokenizer)
+    functions = build_rewards(config, reward_model=reward_model, reward_tokenizer=reward_tokenizer, tokenizer=tokenizer,
+                              batch_size=config.eval_generation_batch_size)
+    reward_funcs = trainer_reward_funcs(functions, tokenizer)
     evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
     trainer_class = with_exact_resume(trainer_class)
     with trainer_refusals(config):
-        trainer = trainer_class(model=policy, reward_funcs=[reward_func], args=trainer_args(config, run.checkpoints_dir),
+        trainer = trainer_class(model=policy, reward_funcs=reward_funcs, args=trainer_args(config, run.checkpoints_dir),
                                 train_dataset=prompts, processing_class=tokenizer, peft_config=lora_config(config))
     evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir,
                                     at_start=config.eval_at_start).attach(trainer)
@@ -228,11 +234,14 @@ def run_online(config, method: str, trainer_class) -> dict:
     guarded_train(trainer, run.resume_checkpoint(config.resume))
 
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    answers_scored = reward_funcs[0].completions
     metrics = {
         **(evaluation.latest or {}),
-        **train_metrics(trainer, reward_func.__name__),
-        "reward_source": config.reward,
-        "tokens_generated": reward_func.tokens_generated,
+        **train_metrics(trainer, reward_funcs),
+        "reward_funcs": "+".join(config.reward_funcs),
+        "tokens_generated": reward_funcs[0].tokens_generated,
+        "reward_queries": reward_queries(reward_funcs),
+        "preference_labels": answers_scored // 2 if pairs_per_prompt else 0,
         "trainable_parameters": trainable,
         "evaluations": len(evaluation.history),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},

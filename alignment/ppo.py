@@ -6,7 +6,8 @@ trainer base and utilities (alignment/ppo_trainer.py), with the arithmetic as sm
 
     policy      the SFT model, trained (all weights, or LoRA adapters with `use_peft`; model/ is merged)
     reference   a frozen copy of the SFT model: the per-token KL penalty, and the evaluation's baseline
-    reward      the trained reward model, frozen; scores each answer as `reward.score` does
+    reward      the trained reward model, frozen; scores each answer as `reward.score` does (the training
+                reward is `reward_funcs`, alignment/rewards.py: this proxy alone by default)
     value       the reward model's backbone and score head applied at every position, trained
 
 Keys are named as TRL's old PPOConfig named them (num_ppo_epochs, num_mini_batches, cliprange,
@@ -36,6 +37,8 @@ from alignment.common import (
     start_run,
 )
 from alignment.ppo_trainer import PPOTrainer
+from alignment.rewards import RewardArguments, combined
+from alignment.rewards import build as build_rewards
 from recipes.core.config import RunArguments, TrainerDefaults
 from recipes.core.data import load_prompts
 from recipes.core.distributed import require_one_process
@@ -96,7 +99,7 @@ class PPOConfig(TrainerDefaults, _BaseConfig):
 
 
 @dataclasses.dataclass
-class PPOStageConfig(RunArguments, AlignArguments, PPOConfig):
+class PPOStageConfig(RunArguments, AlignArguments, RewardArguments, PPOConfig):
     """PPO's keys, the alignment keys every method has, and the run keys every stage has."""
 
     eval_every: int = dataclasses.field(default=10, metadata={"help": "Evaluate every this many rollouts."})
@@ -122,6 +125,7 @@ class PPOStageConfig(RunArguments, AlignArguments, PPOConfig):
             raise ValueError("keys 'gamma' and 'lam' must lie in [0, 1]")
         if self.eval_every < 0:
             raise ValueError(f"key 'eval_every' must not be negative, got {self.eval_every}")
+        self.check_reward_keys()
         self.check_alignment_keys()
         super().__post_init__()
 
@@ -177,8 +181,11 @@ def main(config: PPOStageConfig) -> dict:
     evaluator = build_evaluator(config, ref_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
     args = copy.copy(config)
     args.output_dir = str(run.checkpoints_dir)
+    reward_funcs = build_rewards(config, reward_model=reward_model, reward_tokenizer=tokenizer, tokenizer=tokenizer,
+                                 batch_size=config.local_rollout_forward_batch_size)
     trainer = PPOTrainer(args, policy=policy, ref_model=ref_model, reward_model=reward_model, value_model=value_model,
-                         processing_class=tokenizer, train_dataset=prompts, evaluator=evaluator, writer=writer,
+                         processing_class=tokenizer, train_dataset=prompts,
+                         reward=combined(reward_funcs, config.weights), evaluator=evaluator, writer=writer,
                          checkpoints_dir=run.checkpoints_dir)
     attach_progress(trainer, run.stage)
     try:
@@ -193,6 +200,9 @@ def main(config: PPOStageConfig) -> dict:
         **training,
         "rollout_batch_size": config.rollout_batch_size,
         "tokens_generated": round(sum(h["length"] for h in trainer.rollout_history) * config.rollout_batch_size),
+        "reward_funcs": "+".join(config.reward_funcs),
+        "reward_queries": len(trainer.rollout_history) * config.rollout_batch_size if config.uses_proxy else 0,
+        "preference_labels": 0,
         "trainable_parameters": trainable,
         "evaluations": len(trainer.eval_history),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},

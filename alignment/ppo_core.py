@@ -7,7 +7,6 @@ numbered details follow Huang et al. 2024, "The N Implementation Details of RLHF
 
     masked_mean, masked_var, masked_whiten   statistics over the real tokens only
     kl_per_token                             log p - log q (k1) or (r - 1) - log r (k3), per token
-    apply_missing_eos_penalty                the score of an answer without end of turn, lowered
     per_token_rewards                        -kl_coef * kl on every real token, + score on the last one
     gae                                      generalised advantage estimation, returns = A + V
     policy_loss                              clipped surrogate, clip fraction, approximate KL, ratio
@@ -63,15 +62,6 @@ def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: 
     if estimator == "k3":
         return log_ratio.exp() - 1 - log_ratio
     raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {estimator!r}")
-
-
-def apply_missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty: float | None) -> torch.Tensor:
-    """Scores of answers that did not produce their end of turn are lowered by `penalty` (subtracted,
-    as TRL's `missing_eos_penalty`; InstructGPT/Huang et al. replace the score by a constant instead).
-    None leaves the scores alone."""
-    if penalty is None:
-        return scores
-    return scores - penalty * (~ended.bool()).to(scores.dtype)
 
 
 def last_indices(mask: torch.Tensor) -> torch.Tensor:

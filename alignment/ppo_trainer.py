@@ -14,8 +14,8 @@ the loop of InstructGPT-style PPO. Each rollout:
    the update's first minibatch sees a ratio of 1 (logged: `first_minibatch_ratio_deviation`; exactly 1
    on CPU, measured; on a GPU, kernels chosen per batch size may leave rounding, since the rollout runs
    in chunks of local_rollout_forward_batch_size and the update in micro-batches);
-3. scores each answer with the reward model exactly as `reward.score` does (chat template, score at
-   the last token), minus `missing_eos_penalty` for an answer that never ended its turn;
+3. scores each answer with the stage's rewards (`reward_funcs`, alignment/rewards.py; by default the reward
+   model exactly as `reward.score` does, minus `missing_eos_penalty` for an answer that never ended its turn);
 4. rewards per token = -kl_coef * KL estimate on every answer token, + the score on the last one;
    GAE(gamma, lam) gives advantages and returns (returns from the unwhitened advantages), then the
    advantages are whitened over the real tokens;
@@ -52,7 +52,6 @@ from recipes.core.finite_loss import non_finite_error
 from recipes.core.generation import as_messages, generate_answers, render_prompts
 from recipes.core.kill_switch import kill_if_asked
 from recipes.core.rundir import check_checkpoint, complete_checkpoints, load_checkpoint_state, prune_checkpoints
-from reward import score
 
 
 def token_values(value_model, input_ids, attention_mask) -> torch.Tensor:
@@ -106,8 +105,11 @@ class PPOTrainer(_BaseTrainer):
     _name = "PPO"
 
     def __init__(self, args, *, policy, ref_model, reward_model, value_model, processing_class, train_dataset,
-                 evaluator=None, writer=None, checkpoints_dir: Path | None = None):
+                 reward, evaluator=None, writer=None, checkpoints_dir: Path | None = None):
+        """`reward(prompts, answers) -> scores`: what the policy is trained on (alignment/rewards.py's `combined`
+        of the stage's `reward_funcs`); `reward_model` is the proxy it may call, placed on the device here."""
         self.policy, self.ref_model, self.reward_model, self.value_model = policy, ref_model, reward_model, value_model
+        self.reward = reward
         for model in (policy, ref_model, reward_model, value_model):
             disable_dropout_in_model(model)  # detail: no dropout, so rollout and update see the same model
         ref_model.eval().requires_grad_(False)
@@ -197,10 +199,7 @@ class PPOTrainer(_BaseTrainer):
         logprobs, values = self._rollout_forward(self.model, input_ids, attention_mask, responses, P)
         ref_logprobs, _ = self._rollout_forward(self.ref_model, input_ids, attention_mask, responses, P)
         ended = torch.tensor([a.ended for a in answers], device=device)
-        raw_scores = torch.tensor(score(self.reward_model, tokenizer, prompts, [a.text for a in answers],
-                                        ended=ended.tolist(), batch_size=args.local_rollout_forward_batch_size),
-                                  device=device)
-        scores = core.apply_missing_eos_penalty(raw_scores, ended, args.missing_eos_penalty)
+        scores = torch.tensor(self.reward(prompts, answers), device=device, dtype=torch.float32)
         mask_f = mask.float()
         logprobs, ref_logprobs, values = logprobs * mask_f, ref_logprobs * mask_f, values * mask_f
         rewards, kl = core.per_token_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value,
@@ -212,8 +211,7 @@ class PPOTrainer(_BaseTrainer):
         kl_k1 = core.kl_per_token(logprobs, ref_logprobs, "k1") * mask_f
         return dict(input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=mask, P=P,
                     logprobs=logprobs, values=values, advantages=advantages, returns=returns, stats={
-                        "reward": float(raw_scores.mean()),
-                        "reward_penalised": float(scores.mean()),
+                        "reward": float(scores.mean()),
                         "kl": float(kl_k1.sum(1).mean()),
                         "kl_penalty": float((self.kl_ctl.value * kl).sum(1).mean()),
                         "kl_coef": self.kl_ctl.value,

@@ -9,7 +9,7 @@ import torch
 import base_model  # noqa: F401
 from alignment.common import load_reward_model
 from alignment.grpo import GRPOStageConfig
-from alignment.online import make_proxy_reward_func
+from alignment.rewards import proxy_reward_func
 from alignment.rloo import RLOOStageConfig
 from recipes.core.cli import main as rlhf_lab
 from recipes.core.config import config_dict, parse_config, to_yaml
@@ -49,7 +49,7 @@ def grpo_run(smoke_runs, smoke_reward):
 @pytest.fixture(scope="module")
 def rloo_run(smoke_runs, smoke_reward):
     assert rlhf_lab(["align", "--method", "rloo", "--config", RLOO, "--runs_root", str(smoke_runs),
-                     "--reward", "gold", "--use_peft", "true", "--lora_r", "4"]) == 0
+                     "--reward_funcs", "gold", "--use_peft", "true", "--lora_r", "4"]) == 0
     return smoke_runs / "smoke" / "align-rloo"
 
 
@@ -66,7 +66,7 @@ def test_manifest_records_parents_and_the_evaluation(method, grpo_run, rloo_run,
     assert m["status"] == "finished" and m["stage"] == f"align-{method}"
     assert [p["role"] for p in m["parents"]] == ["sft", "reward"] and m["parents"][0]["stage"] == "sft"
     assert m["parents"][0]["weights_sha256"] == manifest(smoke_reward)["parents"][0]["weights_sha256"]  # same SFT
-    assert m["data"]["reward"] == ("proxy" if method == "grpo" else "gold")
+    assert m["data"]["reward_funcs"] == (["proxy"] if method == "grpo" else ["gold"])
     assert len(m["parents"][1]["weights_sha256"]) == 64
     metrics = m["metrics"]
     for key in EVAL_KEYS:
@@ -109,7 +109,7 @@ def test_every_method_is_evaluated_on_the_same_prompts(grpo_run, rloo_run):
 
 
 def test_gold_reward_run_trains_on_the_gold_of_its_completions(rloo_run):
-    """With --reward gold, TRL's logged reward is the gold reward: it lies in the gold range and it is
+    """With --reward_funcs gold, TRL's logged reward is the gold reward: it lies in the gold range and it is
     what the per-function scalar holds (the only reward function)."""
     tb = events(rloo_run)
     rewards = [e.value for e in tb.Scalars("train/reward")]
@@ -132,7 +132,7 @@ def test_proxy_reward_function_matches_score_and_charges_a_cut_off_answer(smoke_
     prompt = [{"role": "user", "content": "What is 2 + 3?"}]
     answer = "2 + 3 is 5."
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    reward_func = make_proxy_reward_func(model, tokenizer)
+    reward_func = proxy_reward_func(model, tokenizer, batch_size=32, missing_eos_penalty=None)
     conversational = reward_func(prompts=[prompt, prompt], completions=[[{"role": "assistant", "content": answer}]] * 2,
                                  completion_ids=[ids + [tokenizer.eos_token_id], ids], family=["math", "math"])
     plain = reward_func(prompts=["What is 2 + 3?"] * 2, completions=[answer] * 2,
@@ -144,9 +144,9 @@ def test_proxy_reward_function_matches_score_and_charges_a_cut_off_answer(smoke_
 
 def test_config_round_trips_through_config_yaml(tmp_path):
     for cls, path in ((GRPOStageConfig, GRPO), (RLOOStageConfig, RLOO)):
-        config = parse_config(cls, ["--config", path, "--reward", "gold"], "align")
+        config = parse_config(cls, ["--config", path, "--reward_funcs", "gold"], "align")
         assert config.activation_checkpointing is False and config.bf16 is False
-        assert config.report_to == ["tensorboard"] and config.reward == "gold"
+        assert config.report_to == ["tensorboard"] and config.reward_funcs == ["gold"]
         saved = tmp_path / "config.yaml"
         saved.write_text(to_yaml(config))
         assert config_dict(parse_config(cls, ["--config", str(saved)], "align")) == config_dict(config)
@@ -155,7 +155,7 @@ def test_config_round_trips_through_config_yaml(tmp_path):
 @pytest.mark.parametrize("flags, names", [
     (["--per_device_train_batch_size", "6", "--steps_per_generation", "1"],
      ["'per_device_train_batch_size' (6)", "'steps_per_generation' (1)", "'num_generations' (4)"]),
-    (["--reward", "human"], ["--reward", "'human'"]),
+    (["--reward_funcs", "human"], ["'reward_funcs'", "'human'"]),
     (["--output_dir", "elsewhere"], ["'output_dir'"]),
 ])
 def test_bad_keys_stop_with_one_line(flags, names, tmp_path, capsys):

@@ -84,13 +84,8 @@ def test_k3_estimator_is_nonnegative_and_zero_at_equality():
         core.kl_per_token(logprobs, ref_logprobs, "k2")
 
 
-def test_answers_without_end_of_turn_are_penalised():
-    scores = torch.tensor([1.0, 1.0, -0.5])
-    ended = torch.tensor([True, False, False])
-    penalised = core.apply_missing_eos_penalty(scores, ended, 2.0)
-    assert penalised.tolist() == [1.0, -1.0, -2.5]
-    assert core.apply_missing_eos_penalty(scores, ended, None) is scores
-    # ... and the penalty reaches the rewards at the answer's last token
+def test_an_answers_score_lands_on_its_last_real_token():
+    penalised = torch.tensor([1.0, -1.0, -2.5])  # scores less the missing-end penalty (alignment/rewards.py's proxy)
     rewards, _ = core.per_token_rewards(penalised, torch.zeros(3, 2), torch.zeros(3, 2),
                                         torch.tensor([[1, 1], [1, 1], [1, 0]]), kl_coef=0.1)
     assert rewards[:, -1].tolist() == [1.0, -1.0, 0.0] and rewards[2, 0] == -2.5

@@ -3,7 +3,8 @@
     rlhf-lab run recipes/tinyworld [--from STAGE] [--seeds 0,1,2] [--runs_root DIR] [--set STAGE.KEY=VALUE ...]
 
 A recipe is its folder: `pretrain.yaml`, `sft.yaml`, `reward.yaml`, `overoptimization.yaml` and one
-`align-<method>.yaml` per alignment method, each the config of one stage (`rlhf-lab <stage> --config
+`align-<method>.yaml` per alignment method (and `align-<method>-<variant>.yaml` for the same method with other
+keys), each the config of one stage (`rlhf-lab <stage> --config
 FILE` runs it alone; other YAML files there are the stages' own includes). The runner makes the world
 data the configs name, runs the stages it finds in that order, then `rlhf-lab compare` on the
 alignment runs.
@@ -13,7 +14,7 @@ equals the stage's resolved config now and whose parents (the models it started 
 with) still have the weights it recorded; otherwise it runs again, replacing the old run. So editing a
 key reruns that stage, and its descendants rerun only if its output changed. `--from STAGE` reruns
 that stage and every one after it; `--seeds` repeats the alignment stages once per seed (the YAML's
-seed in align-<method>/, the others in align-<method>-seed<k>/).
+seed in align-<method>/, the others in align-<method>-seed<k>/; a variant's in align-<method>-<variant>[-seed<k>]/).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from recipes.core.errors import UserError
 from recipes.core.lock import HELD_ENV, held_by_this_process, recipe_lock
 from recipes.core.progress import recipe_bar
 from recipes.core.rundir import RunDir, changed_keys, weights_hash
-from recipes.core.stages import METHODS, STAGES, StageSpec
+from recipes.core.stages import METHODS, STAGES, StageSpec, method_of
 
 ALIGN_PREFIX = "align-"
 COMPARE = "compare"
@@ -84,33 +85,36 @@ def plan(recipe_dir: Path, *, seeds: list[int] | None, runs_root: str | None,
         path = recipe_dir / f"{name}.yaml"
         if path.is_file():
             stages.append(Stage(name, spec, ["--config", str(path), *common, *overrides.pop(name, [])]))
-    methods = []
+    methods = []  # (order, the run's name after align-, its method, its file)
     for path in sorted(recipe_dir.glob(f"{ALIGN_PREFIX}*.yaml")):
-        method = path.stem[len(ALIGN_PREFIX):]
-        if method not in METHODS:
-            raise UserError(f"{path}: unknown alignment method '{method}'; expected align-<method>.yaml with "
-                            f"method one of {', '.join(METHODS)}")
-        methods.append((list(METHODS).index(method), method, path))
+        name = path.stem[len(ALIGN_PREFIX):]
+        method = method_of(name)
+        if method is None:
+            raise UserError(f"{path}: unknown alignment method '{name}'; expected align-<method>.yaml or "
+                            f"align-<method>-<variant>.yaml with method one of {', '.join(METHODS)}")
+        methods.append((list(METHODS).index(method), name, method, path))
     methods.sort()
     align_overrides = overrides.pop("align", [])
-    method_overrides = {method: overrides.pop(f"{ALIGN_PREFIX}{method}", []) for _, method, _ in methods}
+    method_overrides = {name: overrides.pop(f"{ALIGN_PREFIX}{name}", []) for _, name, _, _ in methods}
     if overrides:
-        known = list(STAGES) + ["align"] + [f"{ALIGN_PREFIX}{m}" for _, m, _ in methods]
+        known = list(STAGES) + ["align"] + [f"{ALIGN_PREFIX}{name}" for _, name, _, _ in methods]
         raise UserError(f"command line: --set names stage '{next(iter(overrides))}', which recipe {recipe_dir} "
                         f"does not have (stages: {', '.join(known)})")
     if not stages and not methods:
         raise UserError(f"{recipe_dir}: no stage configs (expected pretrain.yaml, sft.yaml, reward.yaml "
                         "or align-<method>.yaml)")
 
-    yaml_seeds = {method: _yaml_seed(path) for _, method, path in methods}
+    yaml_seeds = {name: _yaml_seed(path) for _, name, _, path in methods}
     for seed in seeds or [None]:
-        for _, method, path in methods:
-            argv = ["--config", str(path), *common, *align_overrides, *method_overrides[method]]
-            name = f"{ALIGN_PREFIX}{method}"
-            if seed is not None and seed != yaml_seeds[method]:
-                name = f"{name}-seed{seed}"
-                argv += ["--seed", str(seed), "--run_name", name]
-            stages.append(Stage(name, METHODS[method], argv))
+        for _, name, method, path in methods:
+            argv = ["--config", str(path), *common, *align_overrides, *method_overrides[name]]
+            run_name = f"{ALIGN_PREFIX}{name}"
+            if seed is not None and seed != yaml_seeds[name]:
+                run_name = f"{run_name}-seed{seed}"
+                argv += ["--seed", str(seed)]
+            if run_name != f"{ALIGN_PREFIX}{method}":
+                argv += ["--run_name", run_name]
+            stages.append(Stage(run_name, METHODS[method], argv))
     return stages
 
 
