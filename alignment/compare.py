@@ -8,8 +8,9 @@ Reads the finished `align-*` run directories under runs/<name> (one per method, 
                               the rewards the online methods and best-of-n optimised (reward_funcs), gold
                               reward, its gain over SFT with the paired interval, win rate vs SFT with its
                               interval, proxy reward, KL to SFT, length, per-family scores, and the costs:
-                              wall time, tokens generated, reward-model queries, preference labels; then which methods differ (paired, prompt by prompt, Holm-corrected)
-                              and, with several seeds, how stable the ranking is (Kendall's W)
+                              wall time, tokens generated, reward-model queries, preference labels; then
+                              which methods differ (paired, prompt by prompt, Holm-corrected) and, with
+                              several seeds, how stable the ranking is (Kendall's W)
     pairwise.csv              every pair of methods of every seed: the paired difference in gold, its
                               interval, p-value and whether it survives Holm's correction
     frontier.png              gold reward against KL for every method (final points and training paths)

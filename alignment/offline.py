@@ -3,8 +3,9 @@
 They train the SFT model on the recipe's preference pairs, or with `sft_sample_pairs` on pairs of its
 own answers ranked by the reward model (alignment/proxy_pairs.py), against a frozen reference (the
 SFT model again; SimPO and ORPO have none), with LoRA through peft as a config choice, and are
-evaluated by the one evaluation (alignment/evaluate.py) every `eval_every` steps. A method module supplies its TRL trainer class
-and how pairs become its training rows; `run(config, method, trainer_class, to_rows)` does the rest.
+evaluated by the one evaluation (alignment/evaluate.py) every `eval_every` steps. A method module
+supplies its TRL trainer class and how pairs become its training rows; `run(config, method,
+trainer_class, to_rows)` does the rest.
 
 The reference: with full fine-tuning a second, frozen copy of the SFT model is passed to the trainer
 as `ref_model` (without it TRL 1.16 reloads the reference from `config._name_or_path`). With LoRA

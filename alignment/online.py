@@ -227,6 +227,10 @@ def run_online(config, method: str, trainer_class, *, pairs_per_prompt: int | No
     with trainer_refusals(config):
         trainer = trainer_class(model=policy, reward_funcs=reward_funcs, args=trainer_args(config, run.checkpoints_dir),
                                 train_dataset=prompts, processing_class=tokenizer, peft_config=lora_config(config))
+    counted = reward_funcs[0]
+    trainer.resume_counters = {  # kept across a resume (recipes/core/exact_resume.py)
+        "completions": (counted, "completions"), "tokens_generated": (counted, "tokens_generated"),
+        **{f"queries_{i}": (f.inner, "queries") for i, f in enumerate(reward_funcs) if hasattr(f.inner, "queries")}}
     evaluation = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run.tb_dir,
                                     at_start=config.eval_at_start).attach(trainer)
     attach_progress(trainer, run.stage)

@@ -97,7 +97,8 @@ def test_every_method_is_evaluated_on_the_same_prompts(runs):
     assert len(reference) == 10
     for method in NEW:
         assert evaluated_prompts(runs[method]) == reference, method
-        assert manifest(runs[method])["metrics"]["sft_gold_reward"] == manifest(runs["grpo"])["metrics"]["sft_gold_reward"]
+        sft_gold = manifest(runs[method])["metrics"]["sft_gold_reward"]
+        assert sft_gold == manifest(runs["grpo"])["metrics"]["sft_gold_reward"]
 
 
 @pytest.mark.parametrize("method, flags, named", [
@@ -125,3 +126,18 @@ def test_grpo_still_takes_trls_other_losses():
     config = parse_config(CONFIGS["grpo"], ["--config", str(REPO / "recipes/smoke/align-grpo.yaml"), "--loss_type",
                                             "bnpo"], "align")
     assert config.loss_type == "bnpo" and config.METHOD == "grpo" and config.importance_sampling_level == "token"
+
+
+@pytest.mark.parametrize("method", ["online-dpo", "simpo"])
+def test_lora_trains_adapters_and_saves_a_merged_model(method, smoke_reward, smoke_sft, smoke_runs):
+    """Online DPO's reference is then the adapter-free model; SimPO has none."""
+    assert rlhf_lab(["align", "--method", method, "--config", str(REPO / f"recipes/smoke/align-{method}.yaml"),
+                     "--runs_root", str(smoke_runs), "--recipe", "smoke-lora", "--use_peft", "true", "--lora_r", "4",
+                     "--sft_model_name_or_path", str(smoke_sft / "model"),
+                     "--reward_model_name_or_path", str(smoke_reward / "model")]) == 0
+    run = smoke_runs / "smoke-lora" / f"align-{method}"
+    after = weights(run / "model")
+    assert not (run / "model" / "adapter_config.json").exists() and not any("lora" in k for k in after)
+    before = weights(smoke_sft / "model")
+    assert after.keys() == before.keys() and any(not (before[k] == after[k]).all() for k in before)
+    assert manifest(run)["metrics"]["trainable_parameters"] < sum(v.numel() for v in after.values()) / 2

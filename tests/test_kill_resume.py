@@ -58,10 +58,11 @@ CASES = {
              1, 6, ("train_reward", "gold_reward", "kl"), 1e-4),
     **{member: (["align", "--method", member, "--config", str(SMOKE / f"align-{member}.yaml"), *ALIGN,
                  "--max_steps", "4", "--save_steps", "1", "--eval_every", "4"],
-                1, 4, ("train_reward", "gold_reward", "kl"), 1e-4) for member in ("dr-grpo", "dapo", "gspo")},
+                1, 4, ("train_reward", "gold_reward", "kl", "reward_queries", "tokens_generated"), 1e-4)
+       for member in ("dr-grpo", "dapo", "gspo")},
     "online-dpo": (["align", "--method", "online-dpo", "--config", str(SMOKE / "align-online-dpo.yaml"), *ALIGN,
                     "--max_steps", "4", "--save_steps", "1", "--eval_every", "4"],
-                   1, 4, ("train_reward", "gold_reward", "kl"), 1e-4),
+                   1, 4, ("train_reward", "gold_reward", "kl", "reward_queries", "preference_labels"), 1e-4),
     **{method: (["align", "--method", method, "--config", str(SMOKE / f"align-{method}.yaml"), *ALIGN,
                  "--max_steps", "6", "--save_steps", "2", "--eval_every", "6"],
                 2, 6, ("train_loss", "gold_reward", "kl"), 0.0) for method in ("simpo", "orpo")},

@@ -128,7 +128,8 @@ def test_bad_specs_stop_the_cli_with_one_line(flags, named, tmp_path, capsys):
 
 def test_a_function_returning_nan_stops_training_with_one_line(smoke_runs, smoke_reward, tmp_path, monkeypatch, capsys):
     (tmp_path / "bad_rewards.py").write_text(
-        "def sometimes_nan(prompts, completions, **kwargs):\n    return [float('nan')] + [0.0] * (len(completions) - 1)\n")
+        "def sometimes_nan(prompts, completions, **kwargs):\n"
+        "    return [float('nan')] + [0.0] * (len(completions) - 1)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert rlhf_lab(["align", "--method", "grpo", "--config", GRPO, "--runs_root", str(smoke_runs),

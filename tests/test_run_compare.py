@@ -32,12 +32,21 @@ def outcomes(output: str) -> dict[str, str]:
     return found
 
 
+def smoke_copy(parent: Path) -> Path:
+    """A copy of recipes/smoke in parent/smoke with the six methods these tests follow: the runner does the same
+    for any number, and the others have tests of their own (test_align_new_methods.py)."""
+    folder = parent / "smoke"
+    shutil.copytree(REPO / "recipes" / "smoke", folder)
+    for path in folder.glob("align-*.yaml"):
+        if path.stem[len("align-"):] not in METHODS:
+            path.unlink()
+    return folder
+
+
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
     """A copy of recipes/smoke the tests may edit, in a folder also named smoke."""
-    folder = tmp_path_factory.mktemp("recipes") / "smoke"
-    shutil.copytree(REPO / "recipes" / "smoke", folder)
-    return folder
+    return smoke_copy(tmp_path_factory.mktemp("recipes"))
 
 
 @pytest.fixture(scope="module")
@@ -137,14 +146,15 @@ def test_compare_holds_a_row_per_method_with_every_column_and_real_plots(first_r
     shutil.rmtree(runs / "smoke" / "compare")
     assert rlhf_lab(["compare", str(runs / "smoke")]) == 0
     out = capsys.readouterr().out
-    assert "| method | seed | loss | gold | gain vs SFT | win vs SFT |" in out
+    assert "| method | seed | loss | trained on | gold | gain vs SFT | win vs SFT |" in out
     compare = runs / "smoke" / "compare"
     with open(compare / "compare.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     columns = ["gold_reward", "gold_reward_low", "gold_reward_high", "gold_gain", "gold_gain_low", "gold_gain_high",
                "win_rate", "win_rate_low", "win_rate_high", "proxy_reward", "kl", "length",
                "gold/chat", "gold/math", "gold/safety", "gold/stories", "gold/words", "math_accuracy",
-               "harmful_compliance", "over_refusal", "wall_time_s", "tokens_generated"]
+               "harmful_compliance", "over_refusal", "wall_time_s", "tokens_generated", "reward_queries",
+               "preference_labels"]
     assert set(columns) <= set(rows[0])
     seed0 = [r for r in rows if r["seed"] == "0"]
     assert [r["method"] for r in seed0] == ["sft"] + METHODS
@@ -154,6 +164,9 @@ def test_compare_holds_a_row_per_method_with_every_column_and_real_plots(first_r
         assert float(row["wall_time_s"]) > 0
         sampled = row["method"] in ("grpo", "rloo", "ppo", "best-of-n")  # smoke DPO/KTO train on the world's pairs
         assert (int(float(row["tokens_generated"])) > 0) == sampled, row["method"]
+        assert (int(float(row["reward_queries"])) > 0) == sampled, row["method"]  # the proxy scored what they drew
+        assert (int(float(row["preference_labels"])) > 0) == (not sampled), row["method"]  # the world's pairs
+        assert row["reward_funcs"] == ("proxy" if sampled else ""), row["method"]
         assert 0.0 <= float(row["win_rate"]) <= 1.0
         assert float(row["gold_gain_low"]) <= float(row["gold_gain"]) <= float(row["gold_gain_high"])
         assert float(row["gold_gain"]) == pytest.approx(float(row["gold_reward"]) - float(seed0[0]["gold_reward"]))
@@ -231,7 +244,8 @@ def test_bad_input_stops_with_one_line(argv, expected, capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-@pytest.mark.parametrize("name", ["smoke", "tinyworld", "tinyworld-long", "overoptimization", "realdata-gpu"])
+@pytest.mark.parametrize("name", ["smoke", "tinyworld", "tinyworld-long", "tinyworld-methods", "overoptimization",
+                                  "realdata-gpu"])
 def test_every_shipped_recipe_resolves_every_stage_config(name, monkeypatch):
     """What `rlhf-lab run recipes/<name>` checks before running anything: each stage's YAML parses, keys known."""
     monkeypatch.chdir(REPO)  # recipes name their include files relative to the repository
@@ -240,9 +254,16 @@ def test_every_shipped_recipe_resolves_every_stage_config(name, monkeypatch):
     for stage in stages:
         config = stage.spec.parse(stage.argv)
         assert config.recipe == name
-    if name in ("tinyworld", "tinyworld-long", "smoke"):
-        names = [s.name for s in stages]
-        assert names[:3] == ["pretrain", "sft", "reward"] and "align-ppo-seed1" in names and len(names) == 15
+    names = [s.name for s in stages]
+    methods = {"smoke": 12, "tinyworld": 6, "tinyworld-long": 6, "tinyworld-methods": 13}.get(name)
+    if methods:
+        assert names[:3] == ["pretrain", "sft", "reward"] and "align-ppo-seed1" in names
+        assert len(names) == 3 + 2 * methods
+    if name == "tinyworld-methods":  # a variant runs its method under its own name, seed by seed
+        variant = {s.name: s for s in stages}["align-grpo-rlvr-seed1"]
+        assert variant.spec.name == "grpo" and variant.argv[-2:] == ["--run_name", "align-grpo-rlvr-seed1"]
+        assert variant.spec.parse(variant.argv).reward_funcs == ["proxy", "gold:math"]
+        assert {s.spec.name for s in stages if s.name.startswith("align-")} == set(METHOD_SPECS)
 
 
 def test_a_second_writer_of_the_same_recipe_stops_and_names_the_holder(tmp_path, capsys):
@@ -280,17 +301,17 @@ def test_run_resumes_a_recipe_killed_mid_stage_at_that_stage_with_the_same_resul
     import subprocess
     import sys
 
-    runs = tmp_path / "runs"
+    runs, recipe = tmp_path / "runs", smoke_copy(tmp_path)
     kill_at = random.Random().randint(26, 99)  # smoke pretraining saves at steps 25, 50 and 75 and ends at 100
     print(f"killing `rlhf-lab run` before pretraining step {kill_at}")
-    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", "run", str(REPO / "recipes/smoke"), "--runs_root",
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", "run", str(recipe), "--runs_root",
                             str(runs), "--jobs", "1"], cwd=REPO, capture_output=True,
                            env={**os.environ, KILL_ENV: str(kill_at)}, timeout=300)
     assert child.returncode == -9, child.stderr[-2000:]
     manifest = json.loads((runs / "smoke" / "pretrain" / "manifest.json").read_text())
     assert manifest["status"] == "running", f"the child finished pretraining before the kill (before step {kill_at})"
 
-    done = run(REPO / "recipes" / "smoke", runs, capsys)
+    done = run(recipe, runs, capsys)
     assert done["pretrain"] == "ran" and done["sft"] == "ran"
     assert json.loads((runs / "smoke" / "pretrain" / "manifest.json").read_text())["resumed"]
 

@@ -8,7 +8,9 @@ but not two things a resumed run needs to repeat an uninterrupted one:
   slice by slice in between (`_buffered_inputs`, indexed by the micro-step counter `_step`, and the
   metrics gathered since the last log): without them a run resumed between two generations starts a
   fresh batch from the policy as it is now, and trains on other rollouts from then on.
-`with_exact_resume(trainer_class)` writes both into every checkpoint (one file per process, before
+A stage's own running counts (the answers its reward functions scored, the tokens it generated) are a third:
+`trainer.resume_counters = {name: (object, attribute)}` names them, and they are saved and put back with the rest.
+`with_exact_resume(trainer_class)` writes these into every checkpoint (one file per process, before
 `trainer_state.json`, which is written last and marks the checkpoint complete) and puts them back when
 a resumed run begins.
 """
@@ -41,6 +43,8 @@ class ExactResume:
             metrics = getattr(self, "_metrics", None)  # {"train": defaultdict(list), "eval": ...}: saved as dicts
             state["rollout"] = {"step": self._step, "buffered_inputs": self._buffered_inputs,
                                 "metrics": None if metrics is None else {k: dict(v) for k, v in metrics.items()}}
+        state["counters"] = {name: getattr(owner, attribute)
+                             for name, (owner, attribute) in getattr(self, "resume_counters", {}).items()}
         torch.save(state, state_file(folder, self.args.process_index))
         super()._save_checkpoint(model, trial)
 
@@ -69,6 +73,10 @@ class _Restore(TrainerCallback):
             t._step, t._buffered_inputs = saved["rollout"]["step"], saved["rollout"]["buffered_inputs"]
             if saved["rollout"]["metrics"] is not None:
                 t._metrics = {k: defaultdict(list, v) for k, v in saved["rollout"]["metrics"].items()}
+        for name, value in saved.get("counters", {}).items():
+            if name in getattr(t, "resume_counters", {}):
+                owner, attribute = t.resume_counters[name]
+                setattr(owner, attribute, value)
 
 
 def with_exact_resume(trainer_class: type) -> type:
