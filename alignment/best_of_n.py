@@ -44,7 +44,7 @@ from alignment.common import (
     start_run,
 )
 from alignment.evaluate import answer_logprobs, write
-from alignment.rewards import RewardArguments, combined, reward_queries
+from alignment.rewards import RewardArguments, combined
 from alignment.rewards import build as build_rewards
 from recipes.core.config import RunArguments
 from recipes.core.data import fingerprint
@@ -143,8 +143,8 @@ def best_of(scores: list[list[float]]) -> list[int]:
 
 def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward=None):
     """(chosen answers, proxy scores [slot][candidate], the rewards the choice maximised [slot][candidate], chosen
-    index per slot, all candidates [candidate][slot]). `reward(prompts, answers)`: what chooses (default: the
-    proxy's scores)."""
+    index per slot, all candidates [candidate][slot]). `reward(prompts, answers, proxy)`: what chooses, given the
+    proxy's scores of the answers (default: those scores)."""
     samples = []
     bar = step_bar(n, f"{METHOD} samples")
     for k in range(n):
@@ -155,11 +155,28 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward=None):
     bar.close()
     proxy = [score(reward_model, evaluator.tokenizer, evaluator.prompts, [a.text for a in answers],
                    ended=[a.ended for a in answers], batch_size=evaluator.batch_size) for answers in samples]
-    chooser = [reward(evaluator.prompts, answers) for answers in samples] if reward is not None else proxy
+    chooser = [reward(evaluator.prompts, answers, scores) for answers, scores in zip(samples, proxy)] \
+        if reward is not None else proxy
     per_prompt = [list(column) for column in zip(*proxy)]
     chosen_by = [list(column) for column in zip(*chooser)]
     chosen = best_of(chosen_by)
     return [samples[k][i] for i, k in enumerate(chosen)], per_prompt, chosen_by, chosen, samples
+
+
+def reward_of(config, functions):
+    """What best-of-n maximises: the weighted `reward_funcs`, the proxy's from the scores already computed for the
+    record (less `missing_eos_penalty` for an answer cut off before its end, as the proxy reward function does)."""
+    def reward(prompts, answers, proxy) -> list[float]:
+        total = [0.0] * len(answers)
+        for spec, function, weight in zip(config.reward_funcs, functions, config.weights):
+            if spec == "proxy":
+                values = [s - (config.missing_eos_penalty or 0.0) * (not a.ended) for s, a in zip(proxy, answers)]
+            else:
+                values = combined([function], [1.0])(prompts, answers)
+            total = [t + weight * v for t, v in zip(total, values)]
+        return total
+
+    return reward
 
 
 def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
@@ -190,7 +207,7 @@ def main(config: BestOfNConfig) -> dict:
     reward_funcs = build_rewards(config, reward_model=reward_model, reward_tokenizer=tokenizer, tokenizer=tokenizer,
                                  batch_size=evaluator.batch_size)
     answers, proxy, chosen_by, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed,
-                                                                   combined(reward_funcs, config.weights))
+                                                                   reward_of(config, reward_funcs))
     kl = candidates_kl(sft_model, evaluator.prompt_ids, samples, chosen_by, config.n,
                        temperature=evaluator.temperature, batch_size=evaluator.batch_size,
                        pad_token_id=tokenizer.pad_token_id)
@@ -205,7 +222,7 @@ def main(config: BestOfNConfig) -> dict:
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
         "tokens_generated": sum(a.num_tokens for answers_k in samples for a in answers_k),
         "reward_funcs": "+".join(config.reward_funcs),
-        "reward_queries": reward_queries(reward_funcs),
+        "reward_queries": len(evaluator.prompts) * config.n if config.uses_proxy else 0,
         "preference_labels": 0,
     })
     writer = SummaryWriter(str(run.tb_dir))

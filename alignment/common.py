@@ -50,9 +50,9 @@ class AlignArguments(LoraArguments):
     # The one end-of-turn rule for every method that optimises or selects by the proxy (reward.evaluate.score).
     missing_eos_penalty: float | None = dataclasses.field(
         default=MISSING_EOS_PENALTY, metadata={"help": "Subtracted from the proxy's score of an answer that never "
-                                               "ends its turn, in the reward PPO, GRPO and RLOO train on and in "
-                                               "best-of-n's choice (DPO/KTO's sampled pairs hold only answers "
-                                               "that ended); null: none."})
+                                               "ends its turn, in the `proxy` reward function the online methods "
+                                               "train on and best-of-n chooses by (the offline methods' sampled "
+                                               "pairs hold only answers that ended); null: none."})
     eval_num_prompts: int = 100
     eval_samples_per_prompt: int = dataclasses.field(
         default=1, metadata={"help": "Answers sampled from the policy per evaluation prompt: more answers narrow "

@@ -31,8 +31,9 @@ LAYOUT = [
         ("over-refusal", [r"gold_eval/over_refusal$"]),
     ]),
     ("alignment methods: training", [
-        ("training reward (the reward_funcs: the proxy unless set)", [r"train/reward$", r"ppo/reward$"]),
-        ("training KL", [r"train/kl$", r"ppo/kl$"]),
+        ("training reward (the reward_funcs: the proxy unless set)",
+         [r"train/reward$", r"ppo/reward$", r"train/objective/scores$"]),
+        ("training KL", [r"train/kl$", r"ppo/kl$", r"train/objective/kl$"]),
         ("loss", [r"train/loss$", r"ppo/policy_loss$"]),
     ]),
 ]

@@ -118,6 +118,34 @@ def drop_too_long(pairs, tokenizer, max_length: int):
     return (pairs if len(keep) == len(pairs) else pairs.select(keep)), len(pairs) - len(keep)
 
 
+def as_text_rows(pairs, tokenizer):
+    """Pairs as the text rows TRL's older trainers (CPO for SimPO, ORPO) tokenise themselves: the prompt rendered
+    up to the assistant's turn, each answer followed by its end of turn and nothing else, so the tokens are exactly
+    the ones the lab's sampler produces (the chat template's newline after the end of turn would otherwise be
+    followed by a second end-of-turn token those trainers append)."""
+    import datasets
+
+    def prompt_text(messages) -> str:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def answer_text(messages) -> str:
+        return messages[-1]["content"] + tokenizer.eos_token
+
+    return datasets.Dataset.from_dict({"prompt": [prompt_text(p) for p in pairs["prompt"]],
+                                       "chosen": [answer_text(c) for c in pairs["chosen"]],
+                                       "rejected": [answer_text(r) for r in pairs["rejected"]]})
+
+
+def without_bos(tokenizer):
+    """A copy of `tokenizer` with no beginning-of-sequence token: TRL's CPO and ORPO trainers put one before
+    every prompt that lacks it, and the lab's chat template (and so its sampler) has none."""
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.bos_token = None
+    return plain
+
+
 def prompts_fingerprint(prompts) -> str:
     """16 hex digits naming the evaluated prompts, so runs can prove they were scored on the same ones."""
     return hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()[:16]
@@ -183,7 +211,8 @@ def final_metrics(trainer, callback, evaluator, sampled: dict, pairs: int) -> di
 
 def run(config, method: str, trainer_class, to_rows=None, *, reference_free: bool = False) -> dict:
     """Train `method` with `trainer_class` (a TRL trainer taking peft_config, and ref_model unless
-    `reference_free`: SimPO, ORPO) and evaluate it.
+    `reference_free`: SimPO and ORPO, whose TRL trainers also get text rows and a tokenizer without BOS:
+    `as_text_rows`, `without_bos`) and evaluate it.
 
     `to_rows(pairs, config)` turns the pairs into the trainer's training rows (default: the pairs).
     """
@@ -197,7 +226,7 @@ def run(config, method: str, trainer_class, to_rows=None, *, reference_free: boo
     config = copy.copy(config)
     config.max_length = resolve_max_length(config, policy)  # config.yaml records the resolved value
     pairs, dropped, sampled = training_pairs(config, reference, reward_model, tokenizer, parents.sft_dir)
-    rows = to_rows(pairs, config) if to_rows else pairs
+    rows = to_rows(pairs, config) if to_rows else as_text_rows(pairs, tokenizer) if reference_free else pairs
     prompts = load_eval_prompts(config)
     data = {"pairs": len(pairs), "dropped_too_long": dropped, "train_rows": len(rows), **sampled,
             "eval_num_prompts": len(prompts), "eval_prompts_fingerprint": prompts_fingerprint(prompts)}
@@ -213,8 +242,8 @@ def run(config, method: str, trainer_class, to_rows=None, *, reference_free: boo
     reference_kwargs = {} if reference_free else {"ref_model": None if peft_config else reference}
     with trainer_refusals(config):
         trainer = with_exact_resume(trainer_class)(model=policy, args=args, train_dataset=rows,
-                                                   processing_class=tokenizer, peft_config=peft_config,
-                                                   **reference_kwargs)
+                                                   processing_class=without_bos(tokenizer) if reference_free
+                                                   else tokenizer, peft_config=peft_config, **reference_kwargs)
     callback = EvaluationCallback(evaluator, eval_every=config.eval_every, fallback_tb_dir=run_dir.tb_dir,
                                   at_start=config.eval_at_start).attach(trainer)
     attach_progress(trainer, run_dir.stage)

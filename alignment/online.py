@@ -19,6 +19,8 @@ import dataclasses
 import os
 import time
 
+import torch
+
 import base_model
 from alignment.common import (
     build_evaluator,
@@ -161,6 +163,9 @@ def check_context(config, model_dir, prompts) -> int:
     if budget is None or longest + budget > context:
         raise UserError(f"key '{key}' ({budget}) plus the longest prompt ({longest} tokens) exceeds the model's "
                         f"context ({context})")
+    if key == "max_new_tokens" and longest + budget > config.max_length:  # online DPO would cut prompts silently
+        raise UserError(f"key 'max_length' ({config.max_length}) is shorter than the longest prompt ({longest} "
+                        f"tokens) plus 'max_new_tokens' ({budget})")
     return longest
 
 
@@ -238,13 +243,16 @@ def run_online(config, method: str, trainer_class, *, pairs_per_prompt: int | No
     guarded_train(trainer, run.resume_checkpoint(config.resume))
 
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    answers_scored = reward_funcs[0].completions
+    # Each process scored its share of the answers: the run's counts are the sums over processes.
+    answers_scored, tokens, queries = (int(n) for n in trainer.accelerator.reduce(torch.tensor(
+        [counted.completions, counted.tokens_generated, reward_queries(reward_funcs)], device=trainer.accelerator.device),
+        reduction="sum").tolist())
     metrics = {
         **(evaluation.latest or {}),
         **train_metrics(trainer, reward_funcs),
         "reward_funcs": "+".join(config.reward_funcs),
-        "tokens_generated": reward_funcs[0].tokens_generated,
-        "reward_queries": reward_queries(reward_funcs),
+        "tokens_generated": tokens,
+        "reward_queries": queries,
         "preference_labels": answers_scored // 2 if pairs_per_prompt else 0,
         "trainable_parameters": trainable,
         "evaluations": len(evaluation.history),

@@ -7,7 +7,9 @@
                           (`gold:math`: the exact result, nothing else), 0 when not and on other families' prompts
     length                minus the answer's length in tokens, end of turn included (weight 0.01: -0.01 a token)
     module.path:function  any function importable from the working directory with TRL's reward-function
-                          signature: f(prompts, completions, **kwargs) -> one float per completion
+                          signature: f(prompts, completions, **kwargs) -> one float per completion (named
+                          dataset columns, e.g. f(completions, family, **kwargs), are passed by GRPO's family,
+                          RLOO and online DPO; PPO and best-of-n pass prompts, completions and completion_ids)
 
 The methods' reward is the weighted sum (GRPO's family, RLOO and online DPO hand the list to TRL, which sums
 it the same way; PPO and best-of-n call `combined`). Every function's output is checked: one finite number
@@ -106,11 +108,13 @@ def import_function(spec: str):
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return function
+    if inspect.iscoroutinefunction(function):
+        raise ValueError(f"key 'reward_funcs': '{spec}' is an async function; the lab calls reward functions "
+                         "synchronously (wrap it in a plain function)")
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    unfilled = [n for n, p in parameters.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY
-                or (p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-                    and p.default is inspect.Parameter.empty and n not in REQUIRED + ("completion_ids",))]
-    if not takes_any or unfilled:
+    positional_only = [n for n, p in parameters.items() if p.kind is inspect.Parameter.POSITIONAL_ONLY]
+    if not takes_any or positional_only:
+        # TRL calls f(prompts=..., completions=..., completion_ids=..., trainer_state=..., <dataset columns>=...)
         raise ValueError(f"key 'reward_funcs': '{spec}' has signature {name}{inspect.signature(function)}; expected "
                          f"TRL's reward-function signature {name}(prompts, completions, **kwargs)")
     return function
@@ -171,7 +175,11 @@ def checked(spec: str, function):
     """`function`, stopping the run with one line naming `spec` when it returns anything but one finite number
     per completion."""
     def reward(prompts, completions, **kwargs) -> list[float]:
-        values = function(prompts=prompts, completions=completions, **kwargs)
+        try:
+            values = function(prompts=prompts, completions=completions, **kwargs)
+        except TypeError as error:  # a keyword it needs that this method does not pass, or one it cannot take
+            raise UserError(f"key 'reward_funcs': '{spec}' could not be called with this method's arguments "
+                            f"({', '.join(['prompts', 'completions', *kwargs])}): {error}") from None
         try:
             values = [float(v) for v in values]
         except (TypeError, ValueError):

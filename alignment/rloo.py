@@ -3,7 +3,7 @@
 REINFORCE Leave-One-Out (Ahmadian et al. 2024, "Back to Basics") through `trl.RLOOTrainer`: for
 each prompt, `num_generations` sampled answers; each answer's baseline is the mean reward of the
 other answers to the same prompt, and the KL to the SFT model (`beta`) enters the reward. The reward
-is the trained reward model (`reward: proxy`, the default) or the gold reward (`reward: gold`). LoRA
+is `reward_funcs` (alignment/rewards.py: the trained reward model by default, or gold, a verifier...). LoRA
 with `use_peft: true`, merged on save. Shared machinery: alignment/online.py; the evaluation:
 alignment/evaluate.py.
 """

@@ -141,3 +141,27 @@ def test_lora_trains_adapters_and_saves_a_merged_model(method, smoke_reward, smo
     before = weights(smoke_sft / "model")
     assert after.keys() == before.keys() and any(not (before[k] == after[k]).all() for k in before)
     assert manifest(run)["metrics"]["trainable_parameters"] < sum(v.numel() for v in after.values()) / 2
+
+
+def test_simpo_and_orpo_train_on_the_tokens_the_sampler_produces(smoke_sft):
+    """TRL's CPO and ORPO trainers tokenise rows themselves, adding a BOS before the prompt and an EOS after the
+    answer when missing; given the lab's text rows and BOS-free tokenizer, a pair's ids are the chat template's
+    (what SFT trained on and the sampler answers in), up to and including the answer's end of turn."""
+    import datasets
+    from trl.experimental.cpo import CPOTrainer
+
+    import base_model
+    from alignment.offline import as_text_rows, without_bos
+
+    tokenizer = base_model.load_tokenizer(str(smoke_sft / "model"))
+    prompt = [{"role": "user", "content": "What is 12 + 7?"}]
+    chosen, rejected = [{"role": "assistant", "content": "12 + 7 = 19."}], [{"role": "assistant", "content": "20"}]
+    pairs = datasets.Dataset.from_dict({"prompt": [prompt], "chosen": [chosen], "rejected": [rejected]})
+    trainer = object.__new__(CPOTrainer)  # only its tokenize_row, on the attributes it reads
+    trainer.processing_class, trainer.is_encoder_decoder, trainer.max_length = without_bos(tokenizer), False, 128
+    batch = CPOTrainer.tokenize_row(trainer, as_text_rows(pairs, tokenizer)[0])
+    for side, answer in (("chosen", chosen), ("rejected", rejected)):
+        template = tokenizer.apply_chat_template(prompt + answer, tokenize=True, return_dict=False)
+        end = template.index(tokenizer.eos_token_id, len(batch["prompt_input_ids"])) + 1  # the answer's end of turn
+        assert batch[f"{side}_input_ids"] == template[:end], side
+    assert tokenizer.bos_token_id is not None  # the lab's tokenizer has one: without_bos is what keeps it out

@@ -68,7 +68,8 @@ def test_a_users_function_is_imported_from_the_working_directory(tmp_path, monke
         "def short(prompts, completions, **kwargs):\n    return [1.0]\n"
         "def words(prompts, completions, **kwargs):\n    return ['many'] * len(completions)\n"
         "def positional(prompts, completions):\n    return [0.0] * len(completions)\n"
-        "def extra(prompts, completions, threshold, **kwargs):\n    return [0.0] * len(completions)\n")
+        "def family_aware(completions, family, **kwargs):\n    return [float(f == 'math') for f in family]\n"
+        "async def later(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     brevity, = functions("my_rewards:brevity")
@@ -78,9 +79,14 @@ def test_a_users_function_is_imported_from_the_working_directory(tmp_path, monke
         function, = functions(spec)
         with pytest.raises(UserError, match=f"'{spec}' {message}" if "returned" in message else message):
             function([MATH, MATH], [assistant("a"), assistant("b")])
-    for spec in ("my_rewards:positional", "my_rewards:extra"):
-        with pytest.raises(ValueError, match="expected TRL's reward-function signature"):
-            resolve(spec)
+    with pytest.raises(ValueError, match="expected TRL's reward-function signature"):
+        resolve("my_rewards:positional")
+    with pytest.raises(ValueError, match="'my_rewards:later' is an async function"):
+        resolve("my_rewards:later")
+    family_aware, = functions("my_rewards:family_aware")  # a dataset column by name, as TRL passes them
+    assert family_aware([MATH, CHAT], [assistant("19"), assistant("hi")], family=["math", "chat"]) == [1.0, 0.0]
+    with pytest.raises(UserError, match="'my_rewards:family_aware' could not be called"):
+        family_aware([MATH], [assistant("19")])  # PPO and best-of-n pass no dataset columns
 
 
 @pytest.mark.parametrize("spec, message", [
