@@ -3,13 +3,13 @@ online DPO, SimPO and ORPO. Each moves the SFT weights, writes its metrics (the 
 TensorBoard events, and is evaluated on the same prompts as GRPO; each member of GRPO's family runs its own loss
 and refuses another member's."""
 
-import json
 from pathlib import Path
 
 import pytest
 
 from recipes.core.cli import main as rlhf_lab
 from recipes.core.stages import METHODS
+from tests.test_align_dpo_kto import events, manifest, weights  # the run-reading helpers DPO's tests use
 
 REPO = Path(__file__).resolve().parents[1]
 NEW = ("dr-grpo", "dapo", "gspo", "online-dpo", "simpo", "orpo")
@@ -23,24 +23,6 @@ EXPECTED = {
     "simpo": ({"loss_type": "simpo", "cpo_alpha": 0.0}, False, True),
     "orpo": ({}, False, True),
 }
-
-
-def manifest(run: Path) -> dict:
-    return json.loads((run / "manifest.json").read_text())
-
-
-def weights(model_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return {k: v for f in sorted(model_dir.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
-
-
-def events(run: Path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator
 
 
 def evaluated_prompts(run: Path) -> list[str]:
