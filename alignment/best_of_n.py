@@ -141,10 +141,10 @@ def best_of(scores: list[list[float]]) -> list[int]:
     return [max(range(len(row)), key=lambda k: (row[k], -k)) for row in scores]
 
 
-def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward=None):
+def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward):
     """(chosen answers, proxy scores [slot][candidate], the rewards the choice maximised [slot][candidate], chosen
     index per slot, all candidates [candidate][slot]). `reward(prompts, answers, proxy)`: what chooses, given the
-    proxy's scores of the answers (default: those scores)."""
+    proxy's scores of the answers (`reward_of`)."""
     samples = []
     bar = step_bar(n, f"{METHOD} samples")
     for k in range(n):
@@ -155,8 +155,7 @@ def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward=None):
     bar.close()
     proxy = [score(reward_model, evaluator.tokenizer, evaluator.prompts, [a.text for a in answers],
                    ended=[a.ended for a in answers], batch_size=evaluator.batch_size) for answers in samples]
-    chooser = [reward(evaluator.prompts, answers, scores) for answers, scores in zip(samples, proxy)] \
-        if reward is not None else proxy
+    chooser = [reward(evaluator.prompts, answers, scores) for answers, scores in zip(samples, proxy)]
     per_prompt = [list(column) for column in zip(*proxy)]
     chosen_by = [list(column) for column in zip(*chooser)]
     chosen = best_of(chosen_by)

@@ -199,11 +199,11 @@ def train_metrics(trainer, reward_funcs) -> dict:
 # The stage
 
 
-def run_online(config, method: str, trainer_class, *, pairs_per_prompt: int | None = None) -> dict:
+def run_online(config, method: str, trainer_class, *, learns_from_pairs: bool = False) -> dict:
     """`main` of an online method: SFT policy + rewards -> trainer_class -> evaluated, saved run.
 
-    `pairs_per_prompt`: online DPO's preference labels per training prompt (one pair of answers ranked by the
-    rewards); None for the group methods, which learn from rewards, not labels.
+    `learns_from_pairs`: online DPO, whose every two answers scored make one preference label; the group methods
+    learn from rewards, not labels.
     """
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated whatever trains the policy
@@ -253,7 +253,7 @@ def run_online(config, method: str, trainer_class, *, pairs_per_prompt: int | No
         "reward_funcs": "+".join(config.reward_funcs),
         "tokens_generated": tokens,
         "reward_queries": queries,
-        "preference_labels": answers_scored // 2 if pairs_per_prompt else 0,
+        "preference_labels": answers_scored // 2 if learns_from_pairs else 0,
         "trainable_parameters": trainable,
         "evaluations": len(evaluation.history),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},

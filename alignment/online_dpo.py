@@ -42,7 +42,7 @@ class OnlineDPOStageConfig(RunArguments, AlignArguments, OnlineArguments, Online
 
 
 def main(config: OnlineDPOStageConfig) -> dict:
-    return run_online(config, METHOD, OnlineDPOTrainer, pairs_per_prompt=1)
+    return run_online(config, METHOD, OnlineDPOTrainer, learns_from_pairs=True)
 
 
 CONFIG = OnlineDPOStageConfig  # the stage registry (recipes/core/stages.py) parses argv into this

@@ -28,10 +28,10 @@ import sys
 from recipes.core.errors import UserError
 from recipes.core.world import gold_reward, make_gold_reward_func
 from recipes.core.world.families import all_families
+from recipes.core.world.gold import ended_flags
 from reward import score
 
 BUILT_IN = ("proxy", "gold", "length")
-REQUIRED = ("prompts", "completions")
 
 
 @dataclasses.dataclass
@@ -122,14 +122,6 @@ def import_function(spec: str):
 
 # ----------------------------------------------------------------------------------------------
 # The functions
-
-
-def ended_flags(completion_ids, eos_token_id: int) -> list[bool] | None:
-    """Did each completion end its turn? Completion ids are cut just after the first eos, if any (TRL's and the
-    lab's sampler's convention)."""
-    if completion_ids is None:
-        return None
-    return [bool(len(ids)) and int(ids[-1]) == eos_token_id for ids in completion_ids]
 
 
 def proxy_reward_func(reward_model, tokenizer, *, batch_size: int, missing_eos_penalty: float | None):

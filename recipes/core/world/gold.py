@@ -91,6 +91,14 @@ def gold_reward_func(prompts, completions, ended=None, **kwargs) -> list[float]:
     return [gold_reward(p, c, ended=e).total for p, c, e in zip(prompts, completions, ended)]
 
 
+def ended_flags(completion_ids, eos_token_id: int) -> list[bool] | None:
+    """Did each completion end its turn? Completion ids are cut just after the first eos, if any (TRL's and the
+    lab's sampler's convention)."""
+    if completion_ids is None:
+        return None
+    return [bool(len(ids)) and int(ids[-1]) == eos_token_id for ids in completion_ids]
+
+
 def make_gold_reward_func(eos_token_id: int):
     """A TRL reward function that also charges a missing end of turn.
 
@@ -98,8 +106,7 @@ def make_gold_reward_func(eos_token_id: int):
     last id is not `eos_token_id` was truncated.
     """
     def gold_reward_with_end(prompts, completions, completion_ids=None, **kwargs) -> list[float]:
-        ended = None if completion_ids is None else [bool(ids) and ids[-1] == eos_token_id for ids in completion_ids]
-        return gold_reward_func(prompts, completions, ended=ended)
+        return gold_reward_func(prompts, completions, ended=ended_flags(completion_ids, eos_token_id))
 
     gold_reward_with_end.__name__ = "gold_reward"
     return gold_reward_with_end
