@@ -15,11 +15,12 @@ import json
 import types
 from pathlib import Path
 
-import base_model
+import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from alignment.best_of_n import REWARD_SUBDIR, SPEC_FILE
 from alignment.common import load_policy, load_reward_model
 from alignment.rewards import build as build_rewards
 from alignment.rewards import combined
+from recipes.core.chat_format import load_chat_tokenizer
 from recipes.core.errors import UserError
 from recipes.core.generation import generate_answers
 from recipes.core.model_dirs import check_model_dir
@@ -106,7 +107,7 @@ def find_reward_model(run_dirs: list[str], explicit: str | None) -> Proxy | None
         candidates.append(recipe_runs / "reward" / "model")
     for candidate in candidates:
         if (candidate / "config.json").is_file():
-            return Proxy(load_reward_model(candidate), base_model.load_tokenizer(str(candidate)), candidate)
+            return Proxy(load_reward_model(candidate), load_chat_tokenizer(candidate, "reward_model_name_or_path"), candidate)
     return None
 
 

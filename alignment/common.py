@@ -16,6 +16,7 @@ from pathlib import Path
 
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from alignment.evaluate import Evaluator
+from recipes.core.chat_format import load_chat_tokenizer
 from recipes.core.config import LoraArguments
 from recipes.core.data import fingerprint
 from recipes.core.distributed import process_state
@@ -113,7 +114,7 @@ def load_policy(path: Path):
     """A causal LM and its tokenizer from a saved directory."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path)), base_model.load_tokenizer(str(path))
+    return AutoModelForCausalLM.from_pretrained(str(path)), load_chat_tokenizer(path, "sft_model_name_or_path")
 
 
 def load_reward_model(path: Path):

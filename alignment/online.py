@@ -21,7 +21,7 @@ import time
 
 import torch
 
-import base_model
+import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from alignment.common import (
     build_evaluator,
     finish_run,
@@ -34,6 +34,7 @@ from alignment.common import (
 from alignment.evaluate import EvaluationCallback
 from alignment.rewards import RewardArguments, reward_queries
 from alignment.rewards import build as build_rewards
+from recipes.core.chat_format import load_chat_tokenizer
 from recipes.core.config import TrainerDefaults
 from recipes.core.data import load_prompts
 from recipes.core.distributed import claim_run
@@ -155,7 +156,7 @@ def check_context(config, model_dir, prompts) -> int:
     context (TRL does not cut prompts); checked from the saved config and tokenizer, before any weights load."""
     from transformers import AutoConfig
 
-    tokenizer = base_model.load_tokenizer(str(model_dir))
+    tokenizer = load_chat_tokenizer(model_dir, "sft_model_name_or_path")
     context = AutoConfig.from_pretrained(str(model_dir)).max_position_embeddings
     longest = max(map(len, render_prompts(tokenizer, prompts["prompt"])))
     key = "max_completion_length" if hasattr(config, "max_completion_length") else "max_new_tokens"
@@ -212,7 +213,7 @@ def run_online(config, method: str, trainer_class, *, learns_from_pairs: bool = 
     policy, tokenizer = load_policy(parents.sft_dir)
     policy.config._name_or_path = str(parents.sft_dir)  # TRL rebuilds the reference (beta > 0) from here
     reward_model = load_reward_model(parents.reward_dir)
-    reward_tokenizer = base_model.load_tokenizer(str(parents.reward_dir))
+    reward_tokenizer = load_chat_tokenizer(parents.reward_dir, "reward_model_name_or_path")
     sft_model, _ = load_policy(parents.sft_dir)  # frozen: the evaluation's baseline and KL reference
     sft_model.eval().requires_grad_(False)
     device = config.device

@@ -1,8 +1,9 @@
 """The SFT stage: `rlhf-lab sft --config recipes/<name>/sft.yaml`.
 
 Supervised fine-tuning of the pretraining stage's model on conversations (`messages`), through
-`trl.SFTTrainer`, with the loss on assistant turns only (the chat template marks each assistant
-answer and its `<|end|>` with `{% generation %}`). Full fine-tuning, or LoRA through peft
+`trl.SFTTrainer`, with the loss on assistant turns only (the lab's chat template marks each assistant
+answer and its `<|end|>` with `{% generation %}`; a model of another family keeps its own template, and where
+TRL cannot mark it the lab does, recipes/core/chat_format.py). Full fine-tuning, or LoRA through peft
 (`use_peft: true`), whose adapters are merged before saving so `model/` loads like any other model.
 
 At every evaluation (and once before training, on the pretrained model) a fixed set of held-out
@@ -20,13 +21,14 @@ from pathlib import Path
 import trl
 
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
+from recipes.core.chat_format import load_chat_tokenizer, needs_lab_masks, with_assistant_masks
 from recipes.core.config import LoraArguments, RunArguments, TrainerDefaults
 from recipes.core.data import fingerprint, load_conversations
 from recipes.core.distributed import claim_run
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
-from recipes.core.model_dirs import check_model_dir
+from recipes.core.model_dirs import resolve_model
 from recipes.core.progress import attach_progress
 from recipes.core.rundir import RunDir, parent_entry, require_parent
 from recipes.core.stage_kit import (
@@ -109,26 +111,26 @@ class SFTStageConfig(RunArguments, LoraArguments, TrainerDefaults, trl.SFTConfig
 def resolve_model_path(config: SFTStageConfig) -> tuple[Path | str, RunDir | None]:
     """The model to start from, and the parent run it came from (None for a user-given path)."""
     if config.model_name_or_path:
-        path = Path(config.model_name_or_path)
-        if not path.exists() and (path.is_absolute() or str(path).startswith(".") or path.suffix):
-            raise UserError(f"key 'model_name_or_path': {path} does not exist")
-        if path.is_dir():
-            check_model_dir(path, "model_name_or_path", "policy")
-        return (path if path.exists() else config.model_name_or_path), None
+        return resolve_model(config.model_name_or_path, "model_name_or_path", "policy"), None
     parent = require_parent(config, PARENT)
     return parent.model_dir, parent
 
 
 def load_model(path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The model and its tokenizer, prepared for chat (recipes/core/chat_format.py): the model's end of turn and
+    padding follow the tokenizer's, so what SFT saves stops where its template ends a turn."""
+    from transformers import AutoModelForCausalLM
 
+    tokenizer = load_chat_tokenizer(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise UserError(f"key 'model_name_or_path': cannot load {path} ({str(err).splitlines()[0]})") from None
-    if not tokenizer.chat_template:
-        raise UserError(f"key 'model_name_or_path': the tokenizer in {path} has no chat template")
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
@@ -166,9 +168,15 @@ def trainer_args(config: SFTStageConfig, output_dir: Path, max_length: int) -> S
 
 def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, output_dir: Path, callbacks=()):
     max_length = resolve_max_length(config, model)
+    args = trainer_args(config, output_dir, max_length)
+    if config.assistant_only_loss and needs_lab_masks(tokenizer):
+        # A template TRL cannot mark: the lab marks each answer itself and TRL trains on those masks.
+        train = with_assistant_masks(train, tokenizer, config.dataset_name)
+        test = with_assistant_masks(test, tokenizer, config.dataset_name) if len(test) else test
+        args.assistant_only_loss = False
     with trainer_refusals(config):
         return with_exact_resume(trl.SFTTrainer)(
-            model=model, args=trainer_args(config, output_dir, max_length), train_dataset=train,
+            model=model, args=args, train_dataset=train,
             eval_dataset=test if len(test) else None, processing_class=tokenizer,
             peft_config=lora_config(config), callbacks=list(callbacks))
 

@@ -18,7 +18,7 @@ import trl
 from transformers import TrainerCallback
 
 import base_model  # noqa: F401  registers the architecture with the Auto classes
-from base_model import load_tokenizer
+from recipes.core.chat_format import load_chat_tokenizer
 from recipes.core.config import (
     LoraArguments,
     RunArguments,
@@ -219,7 +219,7 @@ def load_reward_model(model_dir: Path, seed: int):
     from transformers import AutoModelForSequenceClassification, set_seed
     from transformers.utils import logging as hf_logging
 
-    tokenizer = load_tokenizer(str(model_dir))
+    tokenizer = load_chat_tokenizer(model_dir)
     set_seed(seed)  # the score head's initialisation
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused lm_head and the new score head are expected

@@ -8,6 +8,7 @@ nonsense. The kind is in config.json's `architectures`, which `save_pretrained` 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from recipes.core.errors import UserError
@@ -37,3 +38,42 @@ def check_model_dir(path: Path | str, key: str, kind: str) -> Path:
         raise UserError(f"{where}: {path} holds a {', '.join(architectures)} "
                         f"(model_type '{config.get('model_type')}'), expected {expected}")
     return path
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix != "" and "/" not in value
+
+
+def resolve_model(value: str, key: str, kind: str) -> Path | str:
+    """A model named by a key: a saved model folder (checked as `check_model_dir` does) or a Hugging Face hub id,
+    whose config.json is read from the local cache when the hub is offline (else fetched) and checked the same
+    way. A hub id that is not there stops with one line naming it."""
+    path = Path(value).expanduser()
+    if path.exists() or looks_like_path(value):
+        if not path.exists():
+            raise UserError(f"key '{key}': {path} does not exist")
+        return check_model_dir(path, key, kind)
+    config_file = _hub_config(value, key)
+    check_model_dir(config_file.parent, key, kind)
+    return value
+
+
+def _hub_config(repo_id: str, key: str) -> Path:
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if hub_offline():
+        found = try_to_load_from_cache(repo_id, "config.json")
+        if not isinstance(found, str):
+            raise UserError(f"key '{key}': hub model '{repo_id}' is not in the local Hugging Face cache and the hub "
+                            "is offline (HF_HUB_OFFLINE=1); download it once online, or give a saved model folder")
+        return Path(found)
+    try:
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as err:  # network, auth, a repo that does not exist: all the user's to fix
+        raise UserError(f"key '{key}': cannot fetch hub model '{repo_id}' ({str(err).splitlines()[0]})") from None
