@@ -43,7 +43,7 @@ from alignment.common import (
     resolve_parents,
     start_run,
 )
-from alignment.evaluate import answer_logprobs, write
+from alignment.evaluate import answer_logprobs, with_sft, write
 from alignment.rewards import RewardArguments, combined
 from alignment.rewards import build as build_rewards
 from recipes.core.config import RunArguments
@@ -202,7 +202,7 @@ def main(config: BestOfNConfig) -> dict:
                              f"kl_bound = log n - (n-1)/n = {bound:.6f} is an upper bound"})
     sft_model, tokenizer = load_policy(parents.sft_dir)
     reward_model = load_reward_model(parents.reward_dir)
-    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
+    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, parents=parents)
     reward_funcs = build_rewards(config, reward_model=reward_model, reward_tokenizer=tokenizer, tokenizer=tokenizer,
                                  batch_size=evaluator.batch_size)
     answers, proxy, chosen_by, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed,
@@ -241,10 +241,8 @@ def main(config: BestOfNConfig) -> dict:
     metrics["wall_time_s"] = round(time.time() - started, 2)
     record_per_prompt(run, evaluator)
     run.finish(metrics)
-    print(f"wrote {run.path}  best-of-{config.n}: gold {metrics['gold_reward']:+.3f} (SFT "
-          f"{metrics['sft_gold_reward']:+.3f}), gain {metrics['gold_gain']:+.3f} [{metrics['gold_gain_low']:+.3f}, "
-          f"{metrics['gold_gain_high']:+.3f}]  win {metrics['win_rate']:.0%}  proxy {metrics['sft_proxy_reward']:+.3f} "
-          f"-> {metrics['best_proxy_reward']:+.3f}  KL {kl:.3f} (estimate; bound {bound:.3f})")
+    print(f"wrote {run.path}  best-of-{config.n}: {with_sft(metrics)}  proxy {metrics['sft_proxy_reward']:+.3f} "
+          f"-> {metrics['best_proxy_reward']:+.3f} (KL an estimate; bound {bound:.3f})")
     return metrics
 
 

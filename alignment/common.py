@@ -15,16 +15,18 @@ import time
 from pathlib import Path
 
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
-from alignment.evaluate import Evaluator
+from alignment.evaluate import Evaluator, Judge, with_sft
 from recipes.core.chat_format import load_chat_tokenizer
 from recipes.core.config import LoraArguments
 from recipes.core.data import fingerprint
 from recipes.core.distributed import process_state
-from recipes.core.model_dirs import check_model_dir
+from recipes.core.errors import UserError
+from recipes.core.model_dirs import resolve_model
 from recipes.core.rundir import RunDir, atomic_write_text, parent_entry, require_parent, weights_hash
 from recipes.core.stage_kit import load_eval_prompts
 
 MISSING_EOS_PENALTY = 1.0
+JUDGE_STAGE = "judge"  # the stage that trains a recipe's judge (a reward model apart from the proxy)
 
 
 @dataclasses.dataclass
@@ -48,6 +50,12 @@ class AlignArguments(LoraArguments):
     eval_prompts: str = dataclasses.field(
         default="world:eval?size=smoke", metadata={"help": "Held-out prompts every method is evaluated on."})
     eval_prompts_split: str = "test"
+    judge_model_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "A judge: a reward model (any *ForSequenceClassification, by hub id or "
+                                "folder, with its own tokenizer) trained apart from the proxy, scoring every "
+                                "answer where gold cannot (prompts that are not the world's) or beside it. "
+                                "`judge`: this recipe's judge stage (<runs_root>/<recipe>/judge/model). "
+                                "Default: none."})
     # The one end-of-turn rule for every method that optimises or selects by the proxy (reward.evaluate.score).
     missing_eos_penalty: float | None = dataclasses.field(
         default=MISSING_EOS_PENALTY, metadata={"help": "Subtracted from the proxy's score of an answer that never "
@@ -92,21 +100,33 @@ class Parents:
     sft_run: RunDir | None
     reward_dir: Path | None = None
     reward_run: RunDir | None = None
+    judge_dir: Path | None = None
+    judge_run: RunDir | None = None
 
 
 def resolve_parents(config, *, needs_reward: bool) -> Parents:
     """The SFT (and reward) model directories, from the keys or from the recipe's finished runs."""
     if config.sft_model_name_or_path:
-        parents = Parents(check_model_dir(config.sft_model_name_or_path, "sft_model_name_or_path", "policy"), None)
+        parents = Parents(resolve_model(config.sft_model_name_or_path, "sft_model_name_or_path", "policy"), None)
     else:
         sft = require_parent(config, "sft")
         parents = Parents(sft.model_dir, sft)
     if needs_reward:
         if config.reward_model_name_or_path:
-            parents.reward_dir = check_model_dir(config.reward_model_name_or_path, "reward_model_name_or_path", "reward")
+            parents.reward_dir = resolve_model(config.reward_model_name_or_path, "reward_model_name_or_path", "reward")
         else:
             parents.reward_run = require_parent(config, "reward")
             parents.reward_dir = parents.reward_run.model_dir
+    judge = getattr(config, "judge_model_name_or_path", None)
+    if judge == JUDGE_STAGE:
+        parents.judge_run = require_parent(config, JUDGE_STAGE)
+        parents.judge_dir = parents.judge_run.model_dir
+    elif judge:
+        parents.judge_dir = resolve_model(judge, "judge_model_name_or_path", "reward")
+    if parents.judge_dir is not None and parents.reward_dir is not None \
+            and weights_hash(parents.judge_dir) == weights_hash(parents.reward_dir):
+        raise UserError(f"key 'judge_model_name_or_path': {judge} is the proxy being optimised "
+                        f"({parents.reward_dir}); a judge must be a reward model trained apart from it")
     return parents
 
 
@@ -125,11 +145,23 @@ def load_reward_model(path: Path):
     return model
 
 
-def build_evaluator(config, sft_model, tokenizer, reward_model=None, sft_dir: Path | None = None):
-    """The one evaluation; with `sft_dir` (where the SFT weights came from) the SFT baseline's answers are
-    sampled once per recipe and cached for every method."""
-    return Evaluator(sft_model, tokenizer, load_eval_prompts(config), reward_model=reward_model,
-                     sft_weights=weights_hash(sft_dir) if sft_dir is not None else None,
+def load_judge(path: Path, device) -> Judge:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1).to(device)
+    model.eval().requires_grad_(False)
+    tokenizer = load_chat_tokenizer(path, "judge_model_name_or_path")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return Judge(model, tokenizer, str(path))
+
+
+def build_evaluator(config, sft_model, tokenizer, reward_model=None, parents: Parents | None = None):
+    """The one evaluation; with `parents` (where the SFT weights came from) the SFT baseline's answers are
+    sampled once per recipe and cached for every method, and the judge, if any, is loaded."""
+    judge = load_judge(parents.judge_dir, sft_model.device) if parents and parents.judge_dir else None
+    return Evaluator(sft_model, tokenizer, load_eval_prompts(config), reward_model=reward_model, judge=judge,
+                     sft_weights=weights_hash(parents.sft_dir) if parents is not None else None,
                      max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
                      top_p=config.eval_top_p, batch_size=config.eval_generation_batch_size, seed=config.seed,
                      samples_per_prompt=config.eval_samples_per_prompt,
@@ -150,6 +182,8 @@ def start_run(config, method: str, parents: Parents, data: dict | None = None) -
     recorded = [parent_entry("sft", parents.sft_dir, parents.sft_run)]
     if parents.reward_dir is not None:
         recorded.append(parent_entry("reward", parents.reward_dir, parents.reward_run))
+    if parents.judge_dir is not None:
+        recorded.append(parent_entry(JUDGE_STAGE, parents.judge_dir, parents.judge_run))
     run.start(config, parents=recorded, data=data)
     return run
 
@@ -175,7 +209,5 @@ def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float, eva
     run.save_model(model, tokenizer)
     record_per_prompt(run, evaluator)
     run.finish(metrics)
-    print(f"wrote {run.model_dir}  gold reward {metrics['sft_gold_reward']:+.3f} (SFT) -> "
-          f"{metrics['gold_reward']:+.3f}, gain {metrics['gold_gain']:+.3f} [{metrics['gold_gain_low']:+.3f}, "
-          f"{metrics['gold_gain_high']:+.3f}]  win rate {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}")
+    print(f"wrote {run.model_dir}  {with_sft(metrics)}")
     return metrics

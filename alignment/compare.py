@@ -20,6 +20,11 @@ Reads the finished `align-*` run directories under runs/<name> (one per method, 
                               evaluation metric of every method on one chart
     manifest.json             the runs compared (to know when it is out of date) and the rows
 
+Where the evaluation had no gold (prompts that are not the world's) the judge takes its place in every
+column, statistic and plot (`gain vs SFT (judge)`, ranked by judge); where a judge sat beside gold, its gain
+and win rate are columns of their own and a line says how far its ranking agrees with gold's (Kendall's tau
+over the methods' gains, and the share of significant gold pairs the judge orders the same way).
+
 All numbers are the methods' own final evaluations (alignment/evaluate.py: same prompts, same sampling),
 but for the costs: wall time is the whole stage's, evaluations included; tokens generated are those a
 method sampled to learn or choose from (the offline methods' sampled pairs, the online methods' rollouts,
@@ -42,6 +47,7 @@ from pathlib import Path
 from alignment.common import PER_PROMPT_FILE
 from alignment.compare_plots import read_curves, write_plots
 from alignment.compare_tensorboard import write_tensorboard
+from alignment.evaluate import GOLD, JUDGE, Truth
 from recipes.core.config import CommandParser
 from recipes.core.errors import UserError
 from recipes.core.rundir import atomic_write_text, now
@@ -80,7 +86,22 @@ class CompareConfig:
     run_dir: str  # runs/<name>: the recipe's run directories
 
 
-INTERVALS = {"gold_reward": "gold_reward", "gold_gain": "gold_gain", "win_rate": "win_rate"}  # key -> key_low/_high
+JUDGE_COLUMNS = [  # where there is no gold, in gold's three places
+    ("judge_reward", "judge", "{:+.3f}"),
+    ("judge_gain", "gain vs SFT (judge)", "{:+.3f}"),
+    ("judge_win_rate", "win vs SFT (judge)", "{:.1%}"),
+]
+BESIDE_GOLD = [("judge_gain", "judge gain", "{:+.3f}"), ("judge_win_rate", "judge win", "{:.1%}")]
+INTERVAL_KEYS = ("gold_reward", "gold_gain", "win_rate", "judge_reward", "judge_gain", "judge_win_rate")
+
+
+def truth_of_runs(runs) -> Truth:
+    """Gold when the runs were evaluated on the world's prompts, else the judge."""
+    return GOLD if any(r.metrics.get(GOLD.reward) is not None for r in runs) else JUDGE
+
+
+def has_judge(runs) -> bool:
+    return any(r.metrics.get(JUDGE.reward) is not None for r in runs)
 
 
 @dataclasses.dataclass
@@ -157,9 +178,15 @@ def baseline_metrics(run: Run) -> dict:
 
 def build_rows(runs: list[Run]) -> tuple[list[dict], list[tuple[str, str, str]]]:
     """Table rows (dicts with method, seed, and every column's value) and the columns."""
-    columns = COLUMNS + family_columns(runs) + TASK_COLUMNS + COST_COLUMNS
-    keys = [k for k, _, _ in columns] + [f"{k}_{end}" for k in INTERVALS for end in ("low", "high")] + [
-        "tie_rate", "win_rate_decided", "kl_bound"]
+    if truth_of_runs(runs) is GOLD:
+        at = [k for k, _, _ in COLUMNS].index("win_rate") + 1
+        main = COLUMNS[:at] + (BESIDE_GOLD if has_judge(runs) else []) + COLUMNS[at:]
+        columns = main + family_columns(runs) + TASK_COLUMNS + COST_COLUMNS
+    else:
+        at = [k for k, _, _ in COLUMNS].index("gold_reward")
+        columns = COLUMNS[:at] + JUDGE_COLUMNS + COLUMNS[at + 3:] + COST_COLUMNS
+    keys = list(dict.fromkeys([k for k, _, _ in columns] + [f"{k}_{end}" for k in INTERVAL_KEYS for end in ("low", "high")]
+                              + ["tie_rate", "win_rate_decided", "judge_tie_rate", "judge_win_rate_decided", "kl_bound"]))
     per_method: dict[str, list[dict]] = {BASELINE: []}
     for seed in sorted({r.seed for r in runs}):  # the SFT baseline of each seed, from its first method's evaluation
         first = next(r for r in runs if r.seed == seed)
@@ -187,20 +214,21 @@ def mean_row(method: str, group: list[dict], keys: list[str]) -> dict:
             row[key] = seed_interval(values)[0]
         elif key in ("loss", "reward_funcs"):  # what the method ran, the same in every seed
             row[key] = group[0].get(key)
-    for key in INTERVALS:
+    for key in INTERVAL_KEYS:
         values = [r[key] for r in group if isinstance(r.get(key), (int, float))]
         if values:
             _, row[f"{key}_low"], row[f"{key}_high"] = seed_interval(values)
     return row
 
 
-def pairwise(runs: list[Run]) -> list[dict]:
-    """Every pair of methods evaluated on the same prompts in the same seed: the mean per-prompt gold difference
+def pairwise(runs: list[Run], truth: Truth = GOLD) -> list[dict]:
+    """Every pair of methods evaluated on the same prompts in the same seed: the mean per-prompt gold (or judge)
+    difference
     (first - second) with its paired bootstrap interval and p-value, and whether it survives Holm's correction
     over all the seed's pairs (SFT included, as the baseline every run shares)."""
     out = []
     for seed in sorted({r.seed for r in runs}):
-        scored = [r for r in runs if r.seed == seed and r.per_prompt]
+        scored = [r for r in runs if r.seed == seed and r.per_prompt and truth.per_prompt in r.per_prompt]
         if not scored:
             continue
         pairs = []
@@ -211,25 +239,26 @@ def pairwise(runs: list[Run]) -> list[dict]:
                           "p_value": d.p_value, "prompts": len(gold_a)})
 
         for r in scored:  # against the SFT baseline the run itself was evaluated with
-            add(BASELINE, r.method, r.per_prompt["sft_gold"], r.per_prompt["gold"])
+            add(BASELINE, r.method, r.per_prompt[truth.baseline], r.per_prompt[truth.per_prompt])
         for i, r in enumerate(scored):
             for other in scored[i + 1:]:
                 if r.per_prompt["prompts"] == other.per_prompt["prompts"] \
                         and r.per_prompt["samples_per_prompt"] == other.per_prompt["samples_per_prompt"]:
-                    add(r.method, other.method, r.per_prompt["gold"], other.per_prompt["gold"])
+                    add(r.method, other.method, r.per_prompt[truth.per_prompt], other.per_prompt[truth.per_prompt])
         for pair, significant in zip(pairs, holm([p["p_value"] for p in pairs])):
             pair["significant"] = significant
         out += pairs
     return out
 
 
-def significance_markdown(pairs: list[dict], rows: list[dict]) -> str:
-    """Per seed, the methods ranked by gold, each with the methods it is significantly above (paired, Holm)."""
+def significance_markdown(pairs: list[dict], rows: list[dict], truth: Truth = GOLD) -> str:
+    """Per seed, the methods ranked by gold (or judge), each with the methods it is significantly above (paired,
+    Holm)."""
     lines = []
     for seed in sorted({p["seed"] for p in pairs}):
-        gold = {r["method"]: r["gold_reward"] for r in rows if r["seed"] == seed}
+        gold = {r["method"]: r[truth.reward] for r in rows if r["seed"] == seed and r.get(truth.reward) is not None}
         ranked = sorted(gold, key=lambda m: -gold[m])
-        lines.append(f"Seed {seed}, ranked by gold; \"above\" = paired difference significant at 5% after Holm's "
+        lines.append(f"Seed {seed}, ranked by {truth.name}; \"above\" = paired difference significant at 5% after Holm's "
                      f"correction over the {sum(p['seed'] == seed for p in pairs)} pairs:\n")
         for m in ranked:
             above = [(p["second"] if p["first"] == m else p["first"]) for p in pairs if p["seed"] == seed
@@ -240,38 +269,71 @@ def significance_markdown(pairs: list[dict], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def ranking_stability(rows: list[dict]) -> tuple[float, int, int] | None:
-    """Kendall's W of the methods' gold gains over the seeds that ran every method: (W, seeds, methods)."""
+def ranking_stability(rows: list[dict], truth: Truth = GOLD) -> tuple[float, int, int] | None:
+    """Kendall's W of the methods' gold (or judge) gains over the seeds that ran every method: (W, seeds, methods)."""
     methods = sorted({r["method"] for r in rows if r["method"] != BASELINE})
     seeds = sorted({r["seed"] for r in rows if r["seed"] != "mean"})
-    by = {(r["method"], r["seed"]): r.get("gold_gain") for r in rows}
+    by = {(r["method"], r["seed"]): r.get(truth.gain) for r in rows}
     complete = [s for s in seeds if all(isinstance(by.get((m, s)), (int, float)) for m in methods)]
     if len(complete) < 2 or len(methods) < 3:
         return None
     return kendalls_w([[by[(m, s)] for m in methods] for s in complete]), len(complete), len(methods)
 
 
-def caption(runs: list[Run], pairs: list[dict]) -> str:
+def caption(runs: list[Run], pairs: list[dict], truth: Truth = GOLD) -> str:
     """What the evaluation could see: prompts x answers, the typical paired half-width of a gain over SFT, and
     the smallest gain it detects with 80% power (2.8 standard errors of the paired difference)."""
-    scored = [r for r in runs if r.per_prompt]
+    scored = [r for r in runs if r.per_prompt and truth.per_prompt in r.per_prompt]
     if not scored:
         return ""
     import numpy as np
 
-    half = [(r.metrics["gold_gain_high"] - r.metrics["gold_gain_low"]) / 2 for r in scored
-            if isinstance(r.metrics.get("gold_gain_high"), (int, float))]
+    high, low = f"{truth.gain}_high", f"{truth.gain}_low"
+    half = [(r.metrics[high] - r.metrics[low]) / 2 for r in scored if isinstance(r.metrics.get(high), (int, float))]
     first = scored[0].per_prompt
     if not half:
         return ""
     median = float(np.median(half))
     k = first["samples_per_prompt"]
     k_sft = first.get("baseline_samples_per_prompt", k)
-    return (f"Evaluation: {len(first['gold'])} held-out prompts, {k} answer{'s' if k > 1 else ''} to each from every "
+    judged = f" by the judge ({judge_source(scored[0])})" if truth is JUDGE else ""
+    return (f"Evaluation: {len(first[truth.per_prompt])} held-out prompts, {k} answer{'s' if k > 1 else ''} to each from every "
             f"method and {k_sft} from the SFT baseline (its own draws, shared by the methods). Win vs SFT: share of "
-            f"(method answer, SFT answer) pairs won on gold, ties half. Gain vs SFT: mean of per-prompt differences "
-            f"in gold, 95% paired bootstrap interval (median half-width {median:.3f}); a gain smaller than about "
+            f"(method answer, SFT answer) pairs won on {truth.name}{judged}, ties half. Gain vs SFT: mean of per-prompt "
+            f"differences in {truth.name}, 95% paired bootstrap interval (median half-width {median:.3f}); a gain smaller than about "
             f"{2.8 * median / 1.96:.3f} is detected with less than 80% power.")
+
+
+def judge_source(run: Run) -> str:
+    """The judge a run was evaluated by, from its manifest's parents."""
+    try:
+        parents = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get("parents") or []
+    except (OSError, json.JSONDecodeError):
+        return "?"
+    return next((p.get("run") or p.get("model") or "?" for p in parents if p.get("role") == "judge"), "?")
+
+
+def judge_agreement(runs: list[Run], rows: list[dict]) -> str:
+    """Where a judge sat beside gold: per seed, Kendall's tau between the methods' gold gains and judge gains, and
+    how many of the pairs gold tells apart (paired, Holm) the judge orders the same way."""
+    from scipy.stats import kendalltau
+
+    if truth_of_runs(runs) is not GOLD or not has_judge(runs):
+        return ""
+    gold_pairs = [p for p in pairwise(runs, GOLD) if p["significant"] and p["first"] != BASELINE]
+    lines = []
+    for seed in sorted({r.seed for r in runs}):
+        both = [r for r in rows if r["seed"] == seed and r["method"] != BASELINE
+                and isinstance(r.get("gold_gain"), float) and isinstance(r.get("judge_gain"), float)]
+        judge = {r["method"]: r["judge_gain"] for r in both}
+        decided = [p for p in gold_pairs if p["seed"] == seed and p["first"] in judge and p["second"] in judge]
+        same = sum((p["difference"] > 0) == (judge[p["first"]] > judge[p["second"]]) for p in decided)
+        if len(both) >= 2:
+            tau = kendalltau([r["gold_gain"] for r in both], [r["judge_gain"] for r in both]).statistic
+            lines.append(f"Seed {seed}, the judge against gold: Kendall's tau {tau:+.2f} between the {len(both)} "
+                         f"methods' gains; of the {len(decided)} method pairs gold tells apart, the judge orders "
+                         f"{same} the same way.")
+    return "\n".join(lines)
 
 
 def cell(value, fmt: str) -> str:
@@ -288,7 +350,7 @@ def markdown(rows: list[dict], columns) -> str:
         for key, _, fmt in columns:
             text = cell(row.get(key), fmt)
             low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
-            if key in INTERVALS and isinstance(low, (int, float)) and not math.isnan(low) and low != high:
+            if key in INTERVAL_KEYS and isinstance(low, (int, float)) and not math.isnan(low) and low != high:
                 text += f" [{fmt.format(low)}, {fmt.format(high)}]"
             cells.append(text)
         table.append(cells)
@@ -296,9 +358,13 @@ def markdown(rows: list[dict], columns) -> str:
 
 
 def to_csv(rows: list[dict], columns) -> str:
-    fields = ["method", "seed", "run", "loss", "gold_reward", "gold_reward_low", "gold_reward_high", "gold_gain",
-              "gold_gain_low", "gold_gain_high", "win_rate", "win_rate_low", "win_rate_high", "tie_rate",
-              "win_rate_decided", "kl_bound"] + [k for k, _, _ in columns]
+    truth = GOLD if any(r.get("gold_reward") is not None for r in rows) else JUDGE
+    with_judge = any(r.get("judge_reward") is not None for r in rows)
+    fields = ["method", "seed", "run", "loss"]
+    for t in [truth] + ([JUDGE] if with_judge and truth is GOLD else []):
+        fields += [t.reward, f"{t.reward}_low", f"{t.reward}_high", t.gain, f"{t.gain}_low", f"{t.gain}_high",
+                   t.win, f"{t.win}_low", f"{t.win}_high", t.tie, t.decided]
+    fields += ["kl_bound"] + [k for k, _, _ in columns]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(fields)), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -332,9 +398,10 @@ def main(config: CompareConfig) -> dict:
     out = recipe_runs / OUT
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, columns)
-    pairs = pairwise(runs)
-    notes = [caption(runs, pairs), significance_markdown(pairs, rows)]
-    stability = ranking_stability(rows)
+    truth = truth_of_runs(runs)
+    pairs = pairwise(runs, truth)
+    notes = [caption(runs, pairs, truth), significance_markdown(pairs, rows, truth), judge_agreement(runs, rows)]
+    stability = ranking_stability(rows, truth)
     if stability is not None:
         w, n_seeds, n_methods = stability
         notes.append(f"Ranking stability over {n_seeds} seeds: Kendall's W = {w:.2f} on the {n_methods} methods' "
@@ -344,7 +411,7 @@ def main(config: CompareConfig) -> dict:
     atomic_write_text(out / "compare.csv", to_csv(rows, columns))
     atomic_write_text(out / "pairwise.csv", pairs_csv(pairs))
     curves = {r.name: read_curves(r.path / "tb") for r in runs}
-    write_plots(out, runs, rows, curves)
+    write_plots(out, runs, rows, curves, truth)
     write_tensorboard(out / "tb", runs, rows, columns)
     atomic_write_text(out / "manifest.json", json.dumps(
         {"stage": OUT, "status": "finished", "finished": now(), "inputs": inputs_of(runs), "rows": rows},

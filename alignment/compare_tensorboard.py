@@ -22,6 +22,8 @@ LAYOUT = [
     ("alignment methods: evaluation (every run on one chart)", [
         ("gold reward", [r"gold_eval/gold_reward$"]),
         ("win rate vs SFT", [r"gold_eval/win_rate$"]),
+        ("judge reward (where a judge scores)", [r"gold_eval/judge_reward$"]),
+        ("win rate vs SFT, judged", [r"gold_eval/judge_win_rate$"]),
         ("proxy reward", [r"gold_eval/proxy_reward$"]),
         ("KL to SFT", [r"gold_eval/kl$"]),
         ("answer length", [r"gold_eval/length$"]),

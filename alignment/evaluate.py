@@ -18,6 +18,12 @@ prompt, for any policy, against `baseline_samples_per_prompt` answers of the SFT
     length               mean tokens per answer, end of turn included
     end_of_turn_rate, gold/<family>, math_accuracy, harmful_compliance, over_refusal  (recipes.core.gold_eval)
 
+Gold exists only for the world's prompts: when any evaluation prompt is not one (prompts from a file of real
+data), the gold keys are left out rather than scored as 0. A *judge* (a reward model trained apart from the
+proxy being optimised, `Judge`) plays gold's part then, and may sit beside gold on world prompts: the same
+statistics under judge_ names (judge_reward, judge_gain, judge_win_rate, judge_tie_rate, each with its
+interval), from the judge's score of every answer. `GOLD` and `JUDGE` name each truth's keys for `compare`.
+
 `Evaluator.evaluate(policy)` samples and scores; `Evaluator.evaluate_answers(answers, kl=...)`
 scores answers chosen another way (best-of-n, whose KL is estimated from its candidates). `write` puts the
 metrics into TensorBoard under `gold_eval/` and the prompt/answer/gold/proxy rows as text;
@@ -26,8 +32,10 @@ metrics into TensorBoard under `gold_eval/` and the prompt/answer/gold/proxy row
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from statistics import fmean
 
 import numpy as np
 import torch
@@ -39,9 +47,64 @@ from recipes.core.gold_eval import score_answers, summarize
 from recipes.core.seeds import stream_seed
 from recipes.core.statistics import bootstrap_interval, paired_difference
 from recipes.core.tracking import markdown_table
+from recipes.core.world import family_of
 from reward import score
 
 TB_PREFIX = "gold_eval"
+
+
+@dataclasses.dataclass(frozen=True)
+class Truth:
+    """What an evaluation measures methods by, and the keys its numbers go under."""
+
+    name: str  # gold | judge
+    reward: str
+    gain: str
+    win: str
+    tie: str
+    decided: str
+    per_prompt: str  # the per-prompt record's key for the method's mean score, the baseline's, the wins
+    baseline: str
+    wins: str
+
+
+GOLD = Truth("gold", "gold_reward", "gold_gain", "win_rate", "tie_rate", "win_rate_decided", "gold", "sft_gold", "win")
+JUDGE = Truth("judge", "judge_reward", "judge_gain", "judge_win_rate", "judge_tie_rate", "judge_win_rate_decided",
+              "judge", "sft_judge", "judge_win")
+
+
+def truth_of(metrics: dict) -> Truth:
+    """Gold where the evaluation had it, else the judge."""
+    return GOLD if metrics.get(GOLD.reward) is not None else JUDGE
+
+
+def headline(metrics: dict) -> str:
+    """The evaluation's numbers in one line: the truth's score, gain over SFT with its interval, win rate, KL."""
+    t = truth_of(metrics)
+    if metrics.get(t.reward) is None:
+        return f"KL {metrics['kl']:.3f}"
+    return (f"{t.name} {metrics[t.reward]:+.3f}, gain over SFT {metrics[t.gain]:+.3f} [{metrics[t.gain + '_low']:+.3f}, "
+            f"{metrics[t.gain + '_high']:+.3f}]  win {metrics[t.win]:.0%}  KL {metrics['kl']:.3f}")
+
+
+def with_sft(metrics: dict) -> str:
+    """`headline` led by the SFT model's score (a finished run's metrics hold it as sft_<key>)."""
+    sft = metrics.get(f"sft_{truth_of(metrics).reward}")
+    return (f"SFT {sft:+.3f} -> " if sft is not None else "") + headline(metrics)
+
+
+@dataclasses.dataclass
+class Judge:
+    """A sequence-classification reward model that scores answers where the gold reward cannot: any model, with
+    its own tokenizer and chat template (answers are passed as text and rendered by it)."""
+
+    model: object
+    tokenizer: object
+    source: str
+
+    def score(self, prompts, answers: list[Answer], batch_size: int = 32) -> list[float]:
+        return score(self.model, self.tokenizer, prompts, [a.text for a in answers],
+                     ended=[a.ended for a in answers], batch_size=batch_size)
 
 
 def pairwise_outcomes(policy_gold, baseline_gold) -> tuple[np.ndarray, np.ndarray]:
@@ -128,11 +191,18 @@ class Evaluator:
     variance of a per-prompt gain is var(policy)/k_policy + var(SFT)/k_baseline. The SFT baseline's answers and
     each policy's are drawn from separate streams derived from `seed`."""
 
-    def __init__(self, sft_model, tokenizer, prompts, *, reward_model=None, max_new_tokens: int = 64,
-                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, seed: int = 0,
-                 samples_per_prompt: int = 1, baseline_samples_per_prompt: int | None = None,
+    def __init__(self, sft_model, tokenizer, prompts, *, reward_model=None, judge: Judge | None = None,
+                 max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32,
+                 seed: int = 0, samples_per_prompt: int = 1, baseline_samples_per_prompt: int | None = None,
                  sft_weights: str | None = None):
-        self.sft_model, self.tokenizer, self.reward_model = sft_model, tokenizer, reward_model
+        self.sft_model, self.tokenizer, self.reward_model, self.judge = sft_model, tokenizer, reward_model, judge
+        outside = sum(family_of(p) == "unknown" for p in prompts)
+        self.has_gold = outside == 0
+        if 0 < outside < len(prompts):
+            print(f"evaluation: {outside} of {len(prompts)} prompts are not the world's; gold is left out")
+        if not self.has_gold and judge is None:
+            print("evaluation: no gold for these prompts and no judge (judge_model_name_or_path): only proxy "
+                  "reward, KL and length are measured")
         self.num_prompts, self.samples_per_prompt = len(prompts), samples_per_prompt
         self.baseline_samples_per_prompt = baseline_samples_per_prompt or samples_per_prompt
         self.prompts = list(prompts) * samples_per_prompt
@@ -147,7 +217,9 @@ class Evaluator:
         self.sft_answers = cached_samples(
             lambda: [generate_answers(sft_model, tokenizer, self.sft_prompts, **baseline)],
             sft_weights, self.sft_prompts, purpose="eval/sft-baseline", **baseline)[0]
-        self.sft_gold = [row["gold"] for row in score_answers(self.sft_prompts, self.sft_answers)]
+        self.sft_gold = ([row["gold"] for row in score_answers(self.sft_prompts, self.sft_answers)]
+                         if self.has_gold else None)
+        self.sft_judge = judge.score(self.sft_prompts, self.sft_answers, batch_size) if judge else None
         self.recorded: dict | None = None  # per-prompt numbers of the last policy evaluated (compare reads them)
 
     def sample(self, policy) -> list[Answer]:
@@ -173,28 +245,30 @@ class Evaluator:
         if len(answers) != len(prompts):
             raise ValueError(f"expected {len(self.prompts)} answers (or the baseline's {len(self.sft_prompts)}), "
                              f"got {len(answers)}")
-        rows = score_answers(prompts, answers)
-        metrics = summarize(rows)
-        gold = [row["gold"] for row in rows]
-        gold_by_prompt, sft_by_prompt = per_prompt(gold, n), per_prompt(self.sft_gold, n)
-        wins, _ = pairwise_outcomes(by_answer(gold, n), by_answer(self.sft_gold, n))
-        metrics["gold_reward_low"], metrics["gold_reward_high"] = bootstrap_interval(gold_by_prompt, seed=self.seed)
-        gain = paired_difference(gold_by_prompt, sft_by_prompt, seed=self.seed)
-        metrics["gold_gain"], metrics["gold_gain_low"], metrics["gold_gain_high"] = gain.mean, gain.low, gain.high
-        metrics["win_rate"] = float(wins.mean())
-        metrics["win_rate_low"], metrics["win_rate_high"] = bootstrap_interval(wins, seed=self.seed)
-        metrics["tie_rate"], decided = ties_and_decided_wins(by_answer(gold, n), by_answer(self.sft_gold, n))
-        if math.isfinite(decided):  # the SFT model against its own answers ties everywhere
-            metrics["win_rate_decided"] = decided
+        if self.has_gold:
+            rows = score_answers(prompts, answers)
+            metrics = summarize(rows)
+        else:
+            rows = [{"prompt": p if isinstance(p, str) else p[-1]["content"], "answer": a.text, "ended": a.ended,
+                     "length": a.num_tokens, "family": "unknown"} for p, a in zip(prompts, answers)]
+            metrics = {"end_of_turn_rate": float(np.mean([a.ended for a in answers])),
+                       "length": float(np.mean([a.num_tokens for a in answers]))}
+        recorded = {"prompts": [p if isinstance(p, str) else json.dumps(p) for p in self.prompts[:n]],
+                    "samples_per_prompt": self.samples_per_prompt,
+                    "baseline_samples_per_prompt": self.baseline_samples_per_prompt}
+        if self.has_gold:
+            gold = [row["gold"] for row in rows]
+            metrics.update(self._against_baseline(GOLD, gold, self.sft_gold, recorded))
+        if self.judge is not None:
+            judged = self.judge.score(prompts, answers, self.batch_size)
+            for row, value in zip(rows, judged):
+                row["judge"] = value
+            metrics.update(self._against_baseline(JUDGE, judged, self.sft_judge, recorded))
         metrics["kl"] = kl[0]
         if kl[1] is not None:
             metrics["kl_k3"] = kl[1]
         if record:
-            self.recorded = {"prompts": [p if isinstance(p, str) else json.dumps(p) for p in self.prompts[:n]],
-                             "samples_per_prompt": self.samples_per_prompt,
-                             "baseline_samples_per_prompt": self.baseline_samples_per_prompt,
-                             "gold": gold_by_prompt.tolist(),
-                             "sft_gold": sft_by_prompt.tolist(), "win": wins.tolist()}
+            self.recorded = recorded
         if self.reward_model is not None:
             proxy = score(self.reward_model, self.tokenizer, prompts, [a.text for a in answers],
                           ended=[a.ended for a in answers], batch_size=self.batch_size)
@@ -202,6 +276,25 @@ class Evaluator:
             for row, value in zip(rows, proxy):
                 row["proxy"] = value
         return metrics, rows
+
+    def _against_baseline(self, truth: Truth, scores: list[float], baseline: list[float], recorded: dict) -> dict:
+        """The mean score and its interval, the paired gain over the SFT baseline, the win rate (every pair of
+        answers to a prompt, ties half) and the tie rates; the per-prompt numbers go into `recorded`."""
+        n = self.num_prompts
+        by_prompt, baseline_by_prompt = per_prompt(scores, n), per_prompt(baseline, n)
+        wins, _ = pairwise_outcomes(by_answer(scores, n), by_answer(baseline, n))
+        metrics = {truth.reward: fmean(scores)}  # as gold_eval.summarize computes it
+        metrics[f"{truth.reward}_low"], metrics[f"{truth.reward}_high"] = bootstrap_interval(by_prompt, seed=self.seed)
+        gain = paired_difference(by_prompt, baseline_by_prompt, seed=self.seed)
+        metrics[truth.gain], metrics[f"{truth.gain}_low"], metrics[f"{truth.gain}_high"] = gain.mean, gain.low, gain.high
+        metrics[truth.win] = float(wins.mean())
+        metrics[f"{truth.win}_low"], metrics[f"{truth.win}_high"] = bootstrap_interval(wins, seed=self.seed)
+        metrics[truth.tie], decided = ties_and_decided_wins(by_answer(scores, n), by_answer(baseline, n))
+        if math.isfinite(decided):  # the SFT model against its own answers ties everywhere
+            metrics[truth.decided] = decided
+        recorded.update({truth.per_prompt: by_prompt.tolist(), truth.baseline: baseline_by_prompt.tolist(),
+                         truth.wins: wins.tolist()})
+        return metrics
 
     def sft_metrics(self) -> dict[str, float]:
         """The SFT model's own numbers on its baseline answers (gain 0, win rate 0.5 and KL 0 by definition; the
@@ -215,9 +308,10 @@ def write(writer, metrics: dict[str, float], rows: list[dict], step: int, limit:
     for key, value in metrics.items():
         if isinstance(value, (int, float)) and math.isfinite(value):  # text (reward_funcs) is not a scalar
             writer.add_scalar(f"{TB_PREFIX}/{key}", value, step)
-    headers = ["family", "prompt", "answer", "gold"] + (["proxy"] if rows and "proxy" in rows[0] else [])
-    table = [[r["family"], r["prompt"], r["answer"] + ("" if r["ended"] else " …"), f"{r['gold']:+.2f}"]
-             + ([f"{r['proxy']:+.2f}"] if "proxy" in r else []) for r in rows[:limit]]
+    scores = [k for k in ("gold", "judge", "proxy") if rows and k in rows[0]]
+    headers = ["family", "prompt", "answer"] + scores
+    table = [[r["family"], r["prompt"], r["answer"] + ("" if r["ended"] else " …")] + [f"{r[k]:+.2f}" for k in scores]
+             for r in rows[:limit]]
     writer.add_text(f"{TB_PREFIX}/samples", markdown_table(headers, table), step)
     writer.flush()
 
@@ -267,9 +361,7 @@ class EvaluationCallback(TrainerCallback):
         metrics, rows = self.evaluator.evaluate(model)  # a peft model generates through its adapters
         write(self._writer(args), metrics, rows, state.global_step)
         self.history.append((state.global_step, metrics))
-        print(f"step {state.global_step}: gold {metrics['gold_reward']:+.3f}, gain over SFT "
-              f"{metrics['gold_gain']:+.3f} [{metrics['gold_gain_low']:+.3f}, {metrics['gold_gain_high']:+.3f}]  "
-              f"win {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}"
+        print(f"step {state.global_step}: {headline(metrics)}"
               + (f"  proxy {metrics['proxy_reward']:+.3f}" if "proxy_reward" in metrics else ""))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

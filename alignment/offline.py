@@ -233,7 +233,7 @@ def run(config, method: str, trainer_class, to_rows=None, *, reference_free: boo
     run_dir = claim_run(RunDir.for_config(config, run_name(config, method)),
                         lambda: start_run(config, method, parents, data=data))
     route_trainer_events(run_dir)
-    evaluator = build_evaluator(config, reference, tokenizer, reward_model, sft_dir=parents.sft_dir)
+    evaluator = build_evaluator(config, reference, tokenizer, reward_model, parents=parents)
 
     # Train.
     args = copy.copy(config)

@@ -228,7 +228,7 @@ def run_online(config, method: str, trainer_class, *, learns_from_pairs: bool = 
     functions = build_rewards(config, reward_model=reward_model, reward_tokenizer=reward_tokenizer, tokenizer=tokenizer,
                               batch_size=config.eval_generation_batch_size)
     reward_funcs = trainer_reward_funcs(functions, tokenizer)
-    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
+    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, parents=parents)
     trainer_class = with_exact_resume(trainer_class)
     with trainer_refusals(config):
         trainer = trainer_class(model=policy, reward_funcs=reward_funcs, args=trainer_args(config, run.checkpoints_dir),

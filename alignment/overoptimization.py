@@ -33,7 +33,7 @@ from alignment.overoptimization_plot import plot, table
 from recipes.core.config import RunArguments
 from recipes.core.errors import UserError
 from recipes.core.generation import generate_answers, render_prompts
-from recipes.core.model_dirs import check_model_dir
+from recipes.core.model_dirs import resolve_model
 from recipes.core.rundir import RunDir, atomic_write_text, parent_entry, require_parent
 from recipes.core.runner import reason_to_run, resumable
 from recipes.core.seeds import stream_seed
@@ -188,7 +188,7 @@ def sub_run(module, sub_config, name: str, config: OveroptimizationConfig, stage
 
 def resolve_sft(config: OveroptimizationConfig) -> tuple[Path, RunDir | None]:
     if config.sft_model_name_or_path:
-        return check_model_dir(config.sft_model_name_or_path, "sft_model_name_or_path", "policy"), None
+        return resolve_model(config.sft_model_name_or_path, "sft_model_name_or_path", "policy"), None
     parent_config = dataclasses.replace(config, recipe=config.parent_recipe)
     try:
         sft = require_parent(parent_config, "sft")

@@ -178,7 +178,7 @@ def main(config: PPOStageConfig) -> dict:
     if config.resume and not resume_from:
         print(f"no checkpoint in {run.checkpoints_dir}; starting from rollout 0")
     writer = SummaryWriter(str(run.tb_dir), purge_step=resume_from + 1 if resume_from else None)
-    evaluator = build_evaluator(config, ref_model, tokenizer, reward_model, sft_dir=parents.sft_dir)
+    evaluator = build_evaluator(config, ref_model, tokenizer, reward_model, parents=parents)
     args = copy.copy(config)
     args.output_dir = str(run.checkpoints_dir)
     reward_funcs = build_rewards(config, reward_model=reward_model, reward_tokenizer=tokenizer, tokenizer=tokenizer,

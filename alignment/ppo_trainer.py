@@ -47,7 +47,7 @@ from trl.trainer.base_trainer import _BaseTrainer
 from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_and_entropy
 
 from alignment import ppo_core as core
-from alignment.evaluate import write
+from alignment.evaluate import headline, write
 from recipes.core.finite_loss import non_finite_error
 from recipes.core.generation import as_messages, generate_answers, render_prompts
 from recipes.core.kill_switch import kill_if_asked
@@ -280,8 +280,7 @@ class PPOTrainer(_BaseTrainer):
         if self.writer is not None:
             write(self.writer, metrics, rows, step)
         self.eval_history.append((step, metrics))
-        print(f"rollout {step}: gold {metrics['gold_reward']:+.3f} [{metrics['gold_reward_low']:+.3f}, "
-              f"{metrics['gold_reward_high']:+.3f}]  win {metrics['win_rate']:.0%}  KL {metrics['kl']:.3f}"
+        print(f"rollout {step}: {headline(metrics)}"
               + (f"  proxy {metrics['proxy_reward']:+.3f}" if "proxy_reward" in metrics else ""), flush=True)
         return metrics
 

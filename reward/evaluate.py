@@ -115,17 +115,22 @@ def pair_metrics(rewards_chosen, rewards_rejected, gold_chosen=None, gold_reject
 
 
 def sample_metrics(rewards, golds, lengths) -> dict[str, float]:
-    """Correlations of reward with gold and with length on sampled answers."""
-    return {
-        "gold_rank_correlation": spearman(rewards, golds),
-        "gold_pearson_correlation": pearson(rewards, golds),
+    """Correlations of reward with gold (where the prompts have gold: `golds` not None) and with length on sampled
+    answers."""
+    metrics = {
         "length_correlation": spearman(rewards, lengths),
         "length_pearson_correlation": pearson(rewards, lengths),
-        "gold_length_correlation": spearman(golds, lengths),
         "mean_sample_reward": float(np.mean(rewards)),
-        "mean_sample_gold": float(np.mean(golds)),
         "eval_samples": float(len(rewards)),
     }
+    if golds is not None:
+        metrics.update({
+            "gold_rank_correlation": spearman(rewards, golds),
+            "gold_pearson_correlation": pearson(rewards, golds),
+            "gold_length_correlation": spearman(golds, lengths),
+            "mean_sample_gold": float(np.mean(golds)),
+        })
+    return metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +191,7 @@ class Samples:
     answers: list[str]
     ended: list[bool]
     lengths: list[int]  # tokens generated, end of turn included
-    golds: list[float]
+    golds: list[float] | None  # None when a prompt is not the world's (no gold to score by)
 
 
 def sample_answers(policy, tokenizer, prompts, *, samples_per_prompt: int = 4, max_new_tokens: int = 64,
@@ -195,7 +200,8 @@ def sample_answers(policy, tokenizer, prompts, *, samples_per_prompt: int = 4, m
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     answers = generate_answers(policy, tokenizer, repeated, max_new_tokens=max_new_tokens, do_sample=True,
                                temperature=temperature, batch_size=batch_size, seed=seed)
-    golds = [gold_reward(p, a.text, ended=a.ended).total for p, a in zip(repeated, answers)]
+    world = all(family_of(p) != "unknown" for p in prompts)
+    golds = [gold_reward(p, a.text, ended=a.ended).total for p, a in zip(repeated, answers)] if world else None
     return Samples(repeated, [a.text for a in answers], [a.ended for a in answers],
                    [a.num_tokens for a in answers], golds)
 

@@ -31,7 +31,7 @@ from recipes.core.distributed import claim_run
 from recipes.core.errors import UserError
 from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
-from recipes.core.model_dirs import check_model_dir
+from recipes.core.model_dirs import resolve_model
 from recipes.core.progress import attach_progress
 from recipes.core.rundir import RunDir, parent_entry, require_parent
 from recipes.core.seeds import stream_seed
@@ -97,7 +97,8 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
         default=0.0, metadata={"help": "Swap chosen and rejected of this share of the training pairs (seeded): "
                                "noisier labels on purpose (recipes/overoptimization). Held-out pairs stay as they are."})
     run_name: str | None = dataclasses.field(
-        default=None, metadata={"help": "The run's directory under <runs_root>/<recipe>/. Default: reward."})
+        default=None, metadata={"help": "The run's directory under <runs_root>/<recipe>/. Default: reward "
+                                "(judge for `rlhf-lab judge`)."})
     annotator_bt_temperature: float | None = dataclasses.field(
         default=None, metadata={"help": "Bradley-Terry temperature of the labels, for the noise ceiling. "
                                 "Default: the world's, for world data."})
@@ -128,8 +129,9 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
             raise ValueError(f"key 'max_train_pairs' must be a positive integer or null, got {self.max_train_pairs}")
         if not 0.0 <= self.label_flip_rate <= 1.0:
             raise ValueError(f"key 'label_flip_rate' must be between 0 and 1, got {self.label_flip_rate}")
-        if self.run_name is not None and (not self.run_name.startswith(STAGE) or "/" in self.run_name):
-            raise ValueError(f"key 'run_name' must start with '{STAGE}' and name one directory, got '{self.run_name}'")
+        if self.run_name is not None and (not self.run_name.startswith((STAGE, "judge")) or "/" in self.run_name):
+            raise ValueError(f"key 'run_name' must start with '{STAGE}' (or be a judge's) and name one directory, "
+                             f"got '{self.run_name}'")
         for key in ("sft_sample_pairs", "sft_sample_cross_pairs"):
             if getattr(self, key) < 0:
                 raise ValueError(f"key '{key}' must be 0 or more, got {getattr(self, key)}")
@@ -209,7 +211,7 @@ def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
 def resolve_parent(config: RewardStageConfig) -> tuple[Path, RunDir | None]:
     """The SFT model directory, and the SFT run it came from (None for a model given by path)."""
     if config.model_name_or_path:
-        return check_model_dir(config.model_name_or_path, "model_name_or_path", "backbone"), None
+        return resolve_model(config.model_name_or_path, "model_name_or_path", "backbone"), None
     parent = require_parent(config, PARENT)
     return parent.model_dir, parent
 
@@ -282,8 +284,9 @@ def main(config: RewardStageConfig) -> dict:
                              max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
                              batch_size=config.per_device_eval_batch_size,
                              seed=stream_seed(config.seed, "reward/eval-samples"))
-    print(f"sampled {len(samples.answers)} SFT answers to {len(eval_prompts)} prompts "
-          f"(mean gold {sum(samples.golds) / len(samples.golds):+.3f})")
+    print(f"sampled {len(samples.answers)} SFT answers to {len(eval_prompts)} prompts"
+          + (f" (mean gold {sum(samples.golds) / len(samples.golds):+.3f})" if samples.golds else
+             " (not the world's: no gold checks)"))
     if config.sft_sample_pairs:
         train_pairs = add_sft_sample_pairs(config, train_pairs, policy, tokenizer, annotators, run)
     del policy  # not needed in training: free its memory before the trainer starts

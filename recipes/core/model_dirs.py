@@ -50,30 +50,30 @@ def looks_like_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix != "" and "/" not in value
 
 
-def resolve_model(value: str, key: str, kind: str) -> Path | str:
-    """A model named by a key: a saved model folder (checked as `check_model_dir` does) or a Hugging Face hub id,
-    whose config.json is read from the local cache when the hub is offline (else fetched) and checked the same
-    way. A hub id that is not there stops with one line naming it."""
+def resolve_model(value: str, key: str, kind: str) -> Path:
+    """A model named by a key, as a local folder checked as `check_model_dir` does: a saved model folder, or a
+    Hugging Face hub id, whose snapshot comes from the local cache when the hub is offline (else from the hub,
+    weights, config and tokenizer files only). A hub id that is not there stops with one line naming it."""
     path = Path(value).expanduser()
     if path.exists() or looks_like_path(value):
         if not path.exists():
             raise UserError(f"key '{key}': {path} does not exist")
         return check_model_dir(path, key, kind)
-    config_file = _hub_config(value, key)
-    check_model_dir(config_file.parent, key, kind)
-    return value
+    return check_model_dir(hub_snapshot(value, key), key, kind)
 
 
-def _hub_config(repo_id: str, key: str) -> Path:
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
 
-    if hub_offline():
-        found = try_to_load_from_cache(repo_id, "config.json")
-        if not isinstance(found, str):
-            raise UserError(f"key '{key}': hub model '{repo_id}' is not in the local Hugging Face cache and the hub "
-                            "is offline (HF_HUB_OFFLINE=1); download it once online, or give a saved model folder")
-        return Path(found)
+
+def hub_snapshot(repo_id: str, key: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    offline = hub_offline()
     try:
-        return Path(hf_hub_download(repo_id, "config.json"))
-    except Exception as err:  # network, auth, a repo that does not exist: all the user's to fix
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=offline))
+    except Exception as err:  # not cached, network, auth, no such repo: all the user's to fix
+        if offline:
+            raise UserError(f"key '{key}': hub model '{repo_id}' is not in the local Hugging Face cache and the hub "
+                            "is offline (HF_HUB_OFFLINE=1); download it once online, or give a saved model "
+                            "folder") from None
         raise UserError(f"key '{key}': cannot fetch hub model '{repo_id}' ({str(err).splitlines()[0]})") from None

@@ -29,6 +29,7 @@ import yaml
 
 from alignment.compare import CompareConfig, is_up_to_date
 from alignment.compare import main as compare
+from alignment.evaluate import with_sft
 from recipes.core.config import CommandParser, config_dict
 from recipes.core.data.world_cache import PREFIX, cached_dir, parse_world_source, world_dir
 from recipes.core.errors import UserError
@@ -190,9 +191,7 @@ def headline(stage: str, metrics: dict) -> str:
             return (f"accuracy {m['accuracy']:.3f} = {m['accuracy_of_ceiling']:.0%} of the noise ceiling, "
                     f"rank correlation with gold {m['gold_rank_correlation']:.3f}")
         if stage.startswith(ALIGN_PREFIX):
-            return (f"gold {m['sft_gold_reward']:+.3f} (SFT) -> {m['gold_reward']:+.3f}, gain "
-                    f"{m['gold_gain']:+.3f} [{m['gold_gain_low']:+.3f}, {m['gold_gain_high']:+.3f}], "
-                    f"win {m['win_rate']:.0%}, KL {m['kl']:.3f}")
+            return with_sft(m)
     except (KeyError, TypeError):
         pass
     return ", ".join(f"{k} {v:.4g}" for k, v in list(m.items())[:3] if isinstance(v, (int, float)))

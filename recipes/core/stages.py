@@ -25,6 +25,7 @@ class StageSpec:
     summary: str
     method: bool = False  # an alignment method: `rlhf-lab align --method <name>`, recipe file align-<name>.yaml
     family: str | None = None  # methods that share one module and differ by their config (GRPO's): its name there
+    defaults: tuple[str, ...] = ()  # flags given before the user's (a stage that runs another's module as itself)
 
     @property
     def command(self) -> str:
@@ -39,7 +40,8 @@ class StageSpec:
     def parse(self, argv: list[str]):
         """The stage's resolved config from `--config FILE` and flags, without running anything."""
         module = self.load()
-        return parse_config(self.config_class(module), argv, self.command, description=module.__doc__.splitlines()[0])
+        return parse_config(self.config_class(module), [*self.defaults, *argv], self.command,
+                            description=module.__doc__.splitlines()[0])
 
     def run(self, argv: list[str]) -> int:
         """`rlhf-lab <command> argv`: parse, then run holding the recipe's lock."""
@@ -66,6 +68,8 @@ STAGES = {spec.name: spec for spec in [
               "turns only"),
     StageSpec("reward", "reward.train", ("sft",), "train a reward model on preference pairs and check it against "
               "the gold reward"),
+    StageSpec("judge", "reward.train", ("sft",), "train a judge: a reward model apart from the proxy, that scores "
+              "answers where there is no gold (judge_model_name_or_path: judge)", defaults=("--run_name", "judge")),
     StageSpec("overoptimization", "alignment.overoptimization", ("sft",),
               "reward over-optimisation (Gao et al. 2022): gold vs sqrt(KL) for weak proxies"),
 ]}

@@ -53,6 +53,10 @@ def _read_hub(name: str, split: str, config) -> Rows:
         dataset = datasets.load_dataset(name, config, split=split)
     except Exception as error:  # datasets raises many types; the user needs the first line
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if "offline" in f"{first_line} {type(error).__name__}".lower():
+            raise UserError(f"{name}: Hugging Face dataset (split {split!r}) is not in the local cache and the hub is "
+                            "offline (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE=1); load it once online, or give local "
+                            "files") from None
         raise UserError(f"{name}: could not load Hugging Face dataset split {split!r} ({first_line})") from None
     records = dataset.to_list()
     return Rows(f"{name}[{split}]", records, list(range(1, len(records) + 1)))

@@ -1,6 +1,6 @@
 """`rlhf-lab world`: write the gold world to a directory, or show what it looks like.
 
-    rlhf-lab world --out DIR [--size smoke|default] [--seed N]
+    rlhf-lab world --out DIR [--size smoke|default] [--seed N] [--shapes world|hub]
     rlhf-lab world show [--size smoke|default] [--seed N] [-n K]
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import UserError
 from .generate import generate
 from .gold import gold_reward
+from .hub_shapes import write_hub_shaped
 from .sizes import SIZES
 
 
@@ -25,6 +26,9 @@ def _parser(show: bool) -> argparse.ArgumentParser:
         "Use `rlhf-lab world show` to look at samples.")
     if not show:
         parser.add_argument("--out", required=True, help="directory to write into")
+        parser.add_argument("--shapes", choices=["world", "hub"], default="world",
+                            help="world: the lab's own files with gold columns; hub: the shapes of the hub datasets "
+                            "real recipes name (TinyStories, UltraChat, UltraFeedback, HH), gold columns removed")
     parser.add_argument("--size", choices=sorted(SIZES), default="smoke" if show else "default")
     parser.add_argument("--seed", type=int, default=0)
     if show:
@@ -44,6 +48,11 @@ def cli(argv: list[str]) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         # Never overwrite: a directory with files in it may hold someone's edited data.
         raise UserError(f"{args.out}: already exists and is not empty; expected a new or empty --out directory")
+    if args.shapes == "hub":
+        with tempfile.TemporaryDirectory() as tmp:
+            counts = write_hub_shaped(out, size=args.size, seed=args.seed, tmp=Path(tmp))
+        print(f"wrote {args.out}: " + ", ".join(f"{name} ({n} rows)" for name, n in counts.items()))
+        return 0
     stats = generate(out, size=args.size, seed=args.seed)
     print(summary(stats, args.out))
     return 0
