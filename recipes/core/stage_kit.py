@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from pathlib import Path
 
 from recipes.core.data import fingerprint, load_prompts
 from recipes.core.errors import UserError
@@ -45,6 +46,8 @@ def data_fingerprint(config, *extra: str, tail: str) -> str:
 def load_eval_prompts(config, split: str | None = None) -> list:
     """The first `eval_num_prompts` prompts of `eval_prompts` (split `eval_prompts_split`, else "test")."""
     split = split or getattr(config, "eval_prompts_split", "test")
+    if Path(config.eval_prompts).expanduser().is_file():  # one file (prompts.jsonl) is the evaluation set whole
+        split = "train"
     prompts = load_prompts(config.eval_prompts, split=split)["prompt"][:config.eval_num_prompts]
     if not prompts:
         raise UserError(f"key 'eval_prompts': {config.eval_prompts} split '{split}' holds no prompts")

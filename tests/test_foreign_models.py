@@ -1,0 +1,176 @@
+"""Bring your own model: stages start from transformers models that are not the lab's GPT, with tokenizers of
+their own, and what they save stays that architecture (tests/foreign_models.py builds them offline)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from recipes.core.chat_format import (
+    DEFAULT_CHAT_TEMPLATE,
+    assistant_masks,
+    load_chat_tokenizer,
+    needs_lab_masks,
+    with_assistant_masks,
+)
+from recipes.core.cli import main as rlhf_lab
+from recipes.core.data import load_conversations
+from recipes.core.errors import UserError
+from recipes.core.model_dirs import resolve_model
+from tests.foreign_models import build_llama_base, build_qwen
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes" / "smoke"
+CONVERSATION = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "2 + 3 = 5."},
+                {"role": "user", "content": "Thanks!"}, {"role": "assistant", "content": "You're welcome!"}]
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory) -> Path:
+    return build_qwen(tmp_path_factory.mktemp("qwen") / "model")
+
+
+@pytest.fixture(scope="module")
+def llama_base(tmp_path_factory) -> Path:
+    return build_llama_base(tmp_path_factory.mktemp("llama") / "model")
+
+
+def architecture(model_dir: Path) -> str:
+    return json.loads((model_dir / "config.json").read_text())["architectures"][0]
+
+
+def weights(model_dir: Path) -> dict:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def test_chatml_ends_turns_with_im_end_and_gets_the_labs_masks(qwen):
+    tokenizer = load_chat_tokenizer(qwen)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert needs_lab_masks(tokenizer)  # no markers, and not a template TRL can patch
+    ids, mask = assistant_masks(tokenizer, CONVERSATION)
+    assert ids == tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=False)
+    marked = tokenizer.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert marked == "2 + 3 = 5.<|im_end|>You're welcome!<|im_end|>"  # answers and their end of turn, nothing else
+
+
+def test_a_template_that_rewrites_earlier_turns_stops_with_the_conversation_named(qwen, tmp_path):
+    # Renders the last assistant turn differently from the same turn earlier on: no prefix holds.
+    template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] }}"
+                "{% if loop.last %}{{ '<|im_end|>' }}{% else %}{{ '<|im_end|>\n' }}{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    model = shutil.copytree(qwen, tmp_path / "model")
+    tokenizer = load_chat_tokenizer(model)
+    tokenizer.chat_template = template
+    import datasets
+
+    rows = datasets.Dataset.from_dict({"messages": [CONVERSATION[:2], CONVERSATION]})
+    with pytest.raises(UserError, match=r"^chats.jsonl: conversation 1: the chat template does not render turn 2 "):
+        with_assistant_masks(rows, tokenizer, "chats.jsonl")
+
+
+def test_a_base_model_gets_the_documented_template(llama_base):
+    tokenizer = load_chat_tokenizer(llama_base)
+    assert tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
+    assert tokenizer.eos_token == "</s>" and tokenizer.pad_token == "</s>"
+    text = tokenizer.apply_chat_template(CONVERSATION[:2], tokenize=False)
+    assert text == "<s>### User:\nWhat is 2 + 3?\n\n### Assistant:\n2 + 3 = 5.</s>\n\n"
+    assert not needs_lab_masks(tokenizer)  # its own {% generation %} markers: TRL marks the answers
+    out = tokenizer.apply_chat_template(CONVERSATION[:2], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    marked = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    assert tokenizer.decode(marked, skip_special_tokens=False) == "2 + 3 = 5.</s>"
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+
+
+def test_sft_reward_and_dpo_start_from_a_qwen_and_keep_it(qwen, tmp_path):
+    runs = tmp_path / "runs"
+    assert rlhf_lab(["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", str(qwen),
+                     "--runs_root", str(runs), "--num_train_epochs", "2"]) == 0
+    sft = runs / "smoke" / "sft"
+    metrics = json.loads((sft / "manifest.json").read_text())["metrics"]
+    assert metrics["train_loss"] < metrics["initial_train_loss"]
+    assert architecture(sft / "model") == "Qwen2ForCausalLM"
+    saved = json.loads((sft / "model" / "tokenizer_config.json").read_text())
+    assert saved["eos_token"] == "<|im_end|>"
+    assert json.loads((sft / "model" / "generation_config.json").read_text())["eos_token_id"] == \
+        load_chat_tokenizer(sft / "model").convert_tokens_to_ids("<|im_end|>")
+    before, after = weights(qwen), weights(sft / "model")
+    assert set(before) == set(after) and any((before[k] - after[k]).abs().max() > 0 for k in before)
+
+    assert rlhf_lab(["reward", "--config", str(SMOKE / "reward.yaml"), "--runs_root", str(runs)]) == 0
+    assert architecture(runs / "smoke" / "reward" / "model") == "Qwen2ForSequenceClassification"
+
+    assert rlhf_lab(["align", "--method", "dpo", "--config", str(SMOKE / "align-dpo.yaml"),
+                     "--runs_root", str(runs)]) == 0
+    dpo = runs / "smoke" / "align-dpo" / "model"
+    assert architecture(dpo) == "Qwen2ForCausalLM"
+    sft_weights, dpo_weights = weights(sft / "model"), weights(dpo)
+    assert any((sft_weights[k] - dpo_weights[k]).abs().max() > 0 for k in sft_weights)
+
+
+def test_sft_from_a_base_llama_saves_the_template_it_trained_with(llama_base, tmp_path):
+    runs = tmp_path / "runs"
+    assert rlhf_lab(["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", str(llama_base),
+                     "--runs_root", str(runs), "--max_steps", "4", "--eval_steps", "4"]) == 0
+    model = runs / "smoke" / "sft" / "model"
+    assert architecture(model) == "LlamaForCausalLM"
+    assert load_chat_tokenizer(model).chat_template == DEFAULT_CHAT_TEMPLATE
+
+
+# ----------------------------------------------------------------------------------------------
+# The hub, offline
+
+
+def test_a_hub_id_is_read_from_the_local_cache(qwen, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    commit = "0" * 40
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--lab--tiny-qwen" / "snapshots" / commit
+    shutil.copytree(qwen, snapshot)
+    (cache / "models--lab--tiny-qwen" / "refs").mkdir()
+    (cache / "models--lab--tiny-qwen" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert resolve_model("lab/tiny-qwen", "sft_model_name_or_path", "policy") == snapshot
+    with pytest.raises(UserError, match=r"^key 'sft_model_name_or_path': hub model 'lab/not-there' is not in the "
+                                        r"local Hugging Face cache and the hub is offline"):
+        resolve_model("lab/not-there", "sft_model_name_or_path", "policy")
+    with pytest.raises(UserError, match=r"holds a Qwen2ForCausalLM .* expected a reward model"):
+        resolve_model("lab/tiny-qwen", "judge_model_name_or_path", "reward")
+
+
+def test_a_missing_hub_model_or_dataset_stops_with_one_line(tmp_path, capsys):
+    code = rlhf_lab(["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", "lab/not-there",
+                     "--runs_root", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "hub model 'lab/not-there' is not in the local Hugging Face cache" in err[0]
+    with pytest.raises(UserError, match=r"^lab/no-such-dataset: Hugging Face dataset \(split 'train'\) is not in "
+                                        r"the local cache and the hub is offline"):
+        load_conversations("lab/no-such-dataset", split="train")
+
+
+def test_sft_trains_on_the_answers_only_when_the_lab_marks_them(qwen, tmp_path):
+    import datasets
+
+    from recipes.core.config import parse_config
+    from recipes.sft import SFTStageConfig, build_trainer, load_model
+
+    config = parse_config(SFTStageConfig, ["--config", str(SMOKE / "sft.yaml"), "--runs_root", str(tmp_path)], "sft")
+    model, tokenizer = load_model(qwen)
+    rows = datasets.Dataset.from_dict({"messages": [CONVERSATION]})
+    trainer = build_trainer(config, model, tokenizer, rows, rows, output_dir=tmp_path / "out")
+    example = trainer.train_dataset[0]
+    ids, mask = assistant_masks(tokenizer, CONVERSATION)
+    assert example["input_ids"] == ids
+    assert example["labels"] == [i if m else -100 for i, m in zip(ids, mask)]
+    assert config.assistant_only_loss and not trainer.args.assistant_only_loss  # the masks do TRL's part
