@@ -95,3 +95,51 @@ def test_a_wrong_split_name_would_stop_with_one_line(fake_hub):
     sft = parse(SFTStageConfig, "sft")
     with pytest.raises(UserError, match=r"HuggingFaceH4/ultrachat_200k: could not load Hugging Face dataset split 'test'"):
         load_conversations(sft.dataset_name, format=sft.dataset_format, split="test")
+
+
+# ----------------------------------------------------------------------------------------------
+# recipes/ultrafeedback-gpu: the alignment-handbook path, from a hub model to every method, judged
+
+
+HANDBOOK = RECIPE.parent / "ultrafeedback-gpu"
+
+
+@pytest.mark.parametrize("path", sorted(HANDBOOK.glob("*.yaml")) + sorted(RECIPE.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_real_data_yaml_parses_and_validates_offline(path):
+    from recipes.core.stages import METHODS, STAGES, method_of
+
+    spec = STAGES.get(path.stem) or METHODS[method_of(path.stem.removeprefix("align-"))]
+    config = spec.parse(["--config", str(path)])
+    assert config.recipe == path.parent.name
+    keys = ("eval_prompts", "model_name_or_path", "judge_model_name_or_path")
+    for key in keys + (() if path.stem == "align-best-of-n" else ("dataset_name",)):  # best-of-n trains on nothing
+        value = getattr(config, key, None)
+        assert not (isinstance(value, str) and value.startswith(("world:", "runs/", "/"))), (key, value)
+
+
+def test_the_handbook_recipe_names_hub_models_and_judges_every_method():
+    from recipes.core.runner import plan
+
+    stages = plan(HANDBOOK, seeds=None, runs_root=None, overrides={})
+    names = [s.name for s in stages]
+    assert names[:2] == ["sft", "reward"] and "pretrain" not in names
+    assert {"align-dpo", "align-ppo", "align-grpo", "align-dr-grpo", "align-dapo", "align-gspo",
+            "align-best-of-n"} <= set(names)
+    sft = stages[0].spec.parse(stages[0].argv)
+    assert sft.model_name_or_path == "HuggingFaceTB/SmolLM2-360M" and sft.assistant_only_loss
+    for stage in stages[2:]:
+        config = stage.spec.parse(stage.argv)
+        assert config.judge_model_name_or_path == "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
+        assert config.eval_prompts == "HuggingFaceH4/ultrafeedback_binarized" and config.eval_prompts_split == "test_gen"
+        assert getattr(config, "bf16", True) is True  # best-of-n trains nothing and has no precision key
+
+
+def test_the_handbook_recipe_datasets_flow_through_the_adapters(fake_hub):
+    from recipes.core.stages import METHODS
+
+    for name in ("dpo", "grpo", "ppo"):
+        config = METHODS[name].parse(["--config", str(HANDBOOK / f"align-{name}.yaml")])
+        prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format)
+        assert prompts[0]["prompt"] == [{"role": "user", "content": "Name a fruit."}]
+        evaluated = load_prompts(config.eval_prompts, split=config.eval_prompts_split)
+        assert evaluated[0]["prompt"][-1]["content"] == "Name a fruit."
