@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from recipes.core.chat_format import (
@@ -174,3 +175,48 @@ def test_sft_trains_on_the_answers_only_when_the_lab_marks_them(qwen, tmp_path):
     assert example["input_ids"] == ids
     assert example["labels"] == [i if m else -100 for i, m in zip(ids, mask)]
     assert config.assistant_only_loss and not trainer.args.assistant_only_loss  # the masks do TRL's part
+
+
+def qwen_judge(qwen: Path, out: Path) -> Path:
+    """A reward model (untrained score head) of another family than the policy's, with its own tokenizer."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+
+    torch.manual_seed(1)
+    Qwen2ForSequenceClassification(Qwen2Config.from_pretrained(str(qwen), num_labels=1)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(qwen)).save_pretrained(out)
+    return out
+
+
+def test_a_judge_with_a_tokenizer_of_its_own_scores_the_labs_gpt(qwen, smoke_reward, smoke_runs, tmp_path):
+    judge_dir = qwen_judge(qwen, tmp_path / "judge")
+    assert rlhf_lab(["align", "--method", "best-of-n", "--config", str(SMOKE / "align-best-of-n.yaml"),
+                     "--runs_root", str(smoke_runs), "--judge_model_name_or_path", str(judge_dir),
+                     "--run_name", "align-best-of-n-judged"]) == 0
+    run = smoke_runs / "smoke" / "align-best-of-n-judged"
+    metrics = json.loads((run / "manifest.json").read_text())["metrics"]
+    per_prompt = json.loads((run / "eval_per_prompt.json").read_text())
+    assert len(per_prompt["judge"]) == len(per_prompt["sft_judge"]) == len(per_prompt["gold"]) == 10
+    assert metrics["judge_reward"] == pytest.approx(sum(per_prompt["judge"]) / 10)
+    assert metrics["gold_reward"] is not None and metrics["proxy_reward"] != metrics["judge_reward"]
+
+
+def test_the_judges_gain_is_its_score_of_each_answer_less_the_sft_answers(qwen, smoke_sft, tmp_path):
+    from alignment.common import load_judge, load_policy
+    from alignment.evaluate import Evaluator
+    from recipes.core.generation import Answer
+    from reward import score
+
+    judge = load_judge(qwen_judge(qwen, tmp_path / "judge"), "cpu")
+    policy, tokenizer = load_policy(smoke_sft / "model")
+    prompts = ["What is 2 + 3?", "Write a haiku about rain.", "Hello!"]  # one is not the world's: no gold
+    evaluator = Evaluator(policy, tokenizer, prompts, judge=judge, max_new_tokens=8, seed=0)
+    answers = [Answer("2 + 3 = 5.", True, 7), Answer("Rain falls", False, 8), Answer("Hi there!", True, 4)]
+    metrics, rows = evaluator.evaluate_answers(answers, kl=(0.0, None))
+    judged = score(judge.model, judge.tokenizer, prompts, [a.text for a in answers], ended=[a.ended for a in answers])
+    baseline = score(judge.model, judge.tokenizer, prompts, [a.text for a in evaluator.sft_answers],
+                     ended=[a.ended for a in evaluator.sft_answers])
+    gains = [a - b for a, b in zip(judged, baseline)]
+    assert metrics["judge_gain"] == pytest.approx(sum(gains) / 3)
+    assert metrics["judge_win_rate"] == pytest.approx(sum((g > 0) + 0.5 * (g == 0) for g in gains) / 3)
+    assert [row["judge"] for row in rows] == pytest.approx(judged)
+    assert "gold_reward" not in metrics and "win_rate" not in metrics and metrics["length"] == pytest.approx(19 / 3)
