@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 
 from alignment.proxy_pairs import cached_samples
 from recipes.core.generation import Answer, generate_answers, render_prompts
-from recipes.core.gold_eval import score_answers, summarize
+from recipes.core.gold_eval import has_gold, plain_rows, plain_summary, score_answers, summarize
 from recipes.core.seeds import stream_seed
 from recipes.core.statistics import bootstrap_interval, paired_difference
 from recipes.core.tracking import markdown_table
@@ -197,7 +197,7 @@ class Evaluator:
                  sft_weights: str | None = None):
         self.sft_model, self.tokenizer, self.reward_model, self.judge = sft_model, tokenizer, reward_model, judge
         outside = sum(family_of(p) == "unknown" for p in prompts)
-        self.has_gold = outside == 0
+        self.has_gold = has_gold(prompts)
         if 0 < outside < len(prompts):
             print(f"evaluation: {outside} of {len(prompts)} prompts are not the world's; gold is left out")
         if not self.has_gold and judge is None:
@@ -249,10 +249,8 @@ class Evaluator:
             rows = score_answers(prompts, answers)
             metrics = summarize(rows)
         else:
-            rows = [{"prompt": p if isinstance(p, str) else p[-1]["content"], "answer": a.text, "ended": a.ended,
-                     "length": a.num_tokens, "family": "unknown"} for p, a in zip(prompts, answers)]
-            metrics = {"end_of_turn_rate": float(np.mean([a.ended for a in answers])),
-                       "length": float(np.mean([a.num_tokens for a in answers]))}
+            rows = plain_rows(prompts, answers)
+            metrics = plain_summary(rows)
         recorded = {"prompts": [p if isinstance(p, str) else json.dumps(p) for p in self.prompts[:n]],
                     "samples_per_prompt": self.samples_per_prompt,
                     "baseline_samples_per_prompt": self.baseline_samples_per_prompt}

@@ -244,7 +244,7 @@ def main(config: SFTStageConfig) -> dict:
         line = f"wrote {run.model_dir}"
         if metrics["initial_eval_loss"] is not None and metrics["eval_loss"] is not None:
             line += f"  eval loss {metrics['initial_eval_loss']:.3f} -> {metrics['eval_loss']:.3f}"
-        if gold.latest and gold.pretrained:
+        if gold.latest and gold.pretrained and "gold_reward" in gold.latest:
             line += (f"  gold reward {metrics['pretrained_gold_reward']:+.3f} -> {metrics['gold_reward']:+.3f}"
                      f"  end of turn {metrics['pretrained_end_of_turn_rate']:.0%} -> {metrics['end_of_turn_rate']:.0%}")
         print(line)

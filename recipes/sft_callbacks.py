@@ -74,8 +74,8 @@ class SFTGoldEvalCallback(TrainerCallback):
         writer.add_text("gold/samples", rows_markdown(rows), state.global_step)
         writer.flush()
         self.latest = metrics
-        print(f"step {state.global_step}: gold reward {metrics['gold_reward']:+.3f}  "
-              f"end of turn {metrics['end_of_turn_rate']:.0%}")
+        gold = f"gold reward {metrics['gold_reward']:+.3f}  " if "gold_reward" in metrics else ""
+        print(f"step {state.global_step}: {gold}end of turn {metrics['end_of_turn_rate']:.0%}")
         return metrics
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

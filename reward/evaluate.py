@@ -37,8 +37,9 @@ import torch
 
 from recipes.core.errors import UserError
 from recipes.core.generation import as_messages, generate_answers
+from recipes.core.gold_eval import has_gold
 from recipes.core.statistics import bootstrap_interval
-from recipes.core.world import family_of, gold_reward
+from recipes.core.world import gold_reward
 
 # ----------------------------------------------------------------------------------------------
 # Statistics
@@ -200,7 +201,7 @@ def sample_answers(policy, tokenizer, prompts, *, samples_per_prompt: int = 4, m
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
     answers = generate_answers(policy, tokenizer, repeated, max_new_tokens=max_new_tokens, do_sample=True,
                                temperature=temperature, batch_size=batch_size, seed=seed)
-    world = all(family_of(p) != "unknown" for p in prompts)
+    world = has_gold(prompts)
     golds = [gold_reward(p, a.text, ended=a.ended).total for p, a in zip(repeated, answers)] if world else None
     return Samples(repeated, [a.text for a in answers], [a.ended for a in answers],
                    [a.num_tokens for a in answers], golds)
@@ -214,7 +215,7 @@ def attach_gold(pairs) -> dict[str, list] | None:
         if all(v is not None for v in columns["gold_chosen"] + columns["gold_rejected"]):
             return {"gold_chosen": list(columns["gold_chosen"]), "gold_rejected": list(columns["gold_rejected"])}
 
-    if not columns["prompt"] or any(family_of(p) == "unknown" for p in columns["prompt"]):
+    if not columns["prompt"] or not has_gold(columns["prompt"]):
         return None
     return {side: [gold_reward(p, a).total for p, a in zip(columns["prompt"], columns[side.split("_")[1]])]
             for side in ("gold_chosen", "gold_rejected")}

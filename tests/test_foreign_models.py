@@ -120,11 +120,16 @@ def test_sft_reward_and_dpo_start_from_a_qwen_and_keep_it(qwen, tmp_path):
 
 def test_sft_from_a_base_llama_saves_the_template_it_trained_with(llama_base, tmp_path):
     runs = tmp_path / "runs"
+    prompts = tmp_path / "prompts.jsonl"  # not the world's: no gold, only end of turn and length
+    prompts.write_text('{"prompt": "Write a haiku about rain."}\n{"prompt": "Why is the sky blue?"}\n')
     assert rlhf_lab(["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", str(llama_base),
-                     "--runs_root", str(runs), "--max_steps", "4", "--eval_steps", "4"]) == 0
+                     "--runs_root", str(runs), "--max_steps", "4", "--eval_steps", "4",
+                     "--eval_prompts", str(prompts)]) == 0
     model = runs / "smoke" / "sft" / "model"
     assert architecture(model) == "LlamaForCausalLM"
     assert load_chat_tokenizer(model).chat_template == DEFAULT_CHAT_TEMPLATE
+    metrics = json.loads((runs / "smoke" / "sft" / "manifest.json").read_text())["metrics"]
+    assert not any("gold" in key for key in metrics) and 0 <= metrics["end_of_turn_rate"] <= 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ correlation check, alignment evaluation). Headline numbers:
     math_accuracy        share of math answers with the right number
     harmful_compliance   share of harmful requests answered instead of refused
     over_refusal         share of harmless look-alikes refused
+
+Gold exists only for the world's prompts: where any prompt is not one (`has_gold`), only the end-of-turn
+rate and length are reported, never a gold of 0 for prompts the world cannot score.
 """
 
 from __future__ import annotations
@@ -19,7 +22,22 @@ from statistics import fmean
 
 from recipes.core.generation import Answer, generate_answers
 from recipes.core.tracking import markdown_table
-from recipes.core.world import gold_reward
+from recipes.core.world import family_of, gold_reward
+
+
+def has_gold(prompts) -> bool:
+    """True when every prompt is the world's, so that gold can score its answers."""
+    return all(family_of(p) != "unknown" for p in prompts)
+
+
+def plain_rows(prompts, answers: list[Answer]) -> list[dict]:
+    """Rows as `score_answers` makes them, without gold: for prompts that are not the world's."""
+    return [{"prompt": p if isinstance(p, str) else p[-1]["content"], "answer": a.text, "ended": a.ended,
+             "length": a.num_tokens, "family": "unknown"} for p, a in zip(prompts, answers)]
+
+
+def plain_summary(rows: list[dict]) -> dict[str, float]:
+    return {"end_of_turn_rate": fmean(float(r["ended"]) for r in rows), "length": fmean(r["length"] for r in rows)}
 
 
 def score_answers(prompts, answers: list[Answer]) -> list[dict]:
@@ -60,12 +78,17 @@ def summarize(rows: list[dict]) -> dict[str, float]:
 def gold_evaluate(model, tokenizer, prompts, **generation) -> tuple[dict[str, float], list[dict]]:
     """Answer `prompts` (strings or conversations) and score them: (metrics, per-prompt rows)."""
     prompts = list(prompts)
-    rows = score_answers(prompts, generate_answers(model, tokenizer, prompts, **generation))
+    answers = generate_answers(model, tokenizer, prompts, **generation)
+    if not has_gold(prompts):
+        rows = plain_rows(prompts, answers)
+        return plain_summary(rows), rows
+    rows = score_answers(prompts, answers)
     return summarize(rows), rows
 
 
 def rows_markdown(rows: list[dict], limit: int = 20) -> str:
     """Prompt / answer / gold rows as a markdown table, for TensorBoard's text tab; '…' marks a cut-off answer."""
-    return markdown_table(["family", "prompt", "answer", "gold"],
-                          [[r["family"], r["prompt"], r["answer"] + ("" if r["ended"] else " …"), f"{r['gold']:+.2f}"]
-                           for r in rows[:limit]])
+    gold = bool(rows) and "gold" in rows[0]
+    return markdown_table(["family", "prompt", "answer"] + (["gold"] if gold else []),
+                          [[r["family"], r["prompt"], r["answer"] + ("" if r["ended"] else " …")]
+                           + ([f"{r['gold']:+.2f}"] if gold else []) for r in rows[:limit]])
