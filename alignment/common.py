@@ -16,6 +16,7 @@ from pathlib import Path
 
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from alignment.evaluate import Evaluator, Judge, with_sft
+from recipes.core import quantization
 from recipes.core.chat_format import load_chat_tokenizer
 from recipes.core.config import LoraArguments
 from recipes.core.data import fingerprint
@@ -106,6 +107,7 @@ class Parents:
 
 def resolve_parents(config, *, needs_reward: bool) -> Parents:
     """The SFT (and reward) model directories, from the keys or from the recipe's finished runs."""
+    quantization.check(config)
     if config.sft_model_name_or_path:
         parents = Parents(resolve_model(config.sft_model_name_or_path, "sft_model_name_or_path", "policy"), None)
     else:
@@ -130,11 +132,13 @@ def resolve_parents(config, *, needs_reward: bool) -> Parents:
     return parents
 
 
-def load_policy(path: Path):
-    """A causal LM and its tokenizer from a saved directory."""
+def load_policy(path: Path, config=None):
+    """A causal LM and its tokenizer from a saved directory; with a `config`, the policy a method trains (4-bit
+    under `load_in_4bit`, recipes/core/quantization.py)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path)), load_chat_tokenizer(path, "sft_model_name_or_path")
+    model = AutoModelForCausalLM.from_pretrained(str(path), **quantization.load_kwargs(config))
+    return model, load_chat_tokenizer(path, "sft_model_name_or_path")
 
 
 def load_reward_model(path: Path):
@@ -204,9 +208,7 @@ def finish_run(run: RunDir, model, tokenizer, metrics: dict, started: float, eva
     metrics = {**metrics, "wall_time_s": round(time.time() - started, 2)}
     if not process_state().is_main_process:
         return metrics
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    run.save_model(model, tokenizer)
+    run.save_model(quantization.merged(model), tokenizer)
     record_per_prompt(run, evaluator)
     run.finish(metrics)
     print(f"wrote {run.model_dir}  {with_sft(metrics)}")

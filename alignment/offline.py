@@ -219,7 +219,7 @@ def run(config, method: str, trainer_class, to_rows=None, *, reference_free: boo
     # Setup: the models, the data, the run directory and the evaluation.
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
-    policy, tokenizer = load_policy(parents.sft_dir)
+    policy, tokenizer = load_policy(parents.sft_dir, config)
     reference, _ = load_policy(parents.sft_dir)  # frozen: the trainer's reference and the evaluation's SFT model
     reference.eval().requires_grad_(False)
     reward_model = load_reward_model(parents.reward_dir)

@@ -210,7 +210,7 @@ def run_online(config, method: str, trainer_class, *, learns_from_pairs: bool = 
     parents = resolve_parents(config, needs_reward=True)  # the proxy is evaluated whatever trains the policy
     prompts = load_train_prompts(config)
     longest_prompt = check_context(config, parents.sft_dir, prompts)
-    policy, tokenizer = load_policy(parents.sft_dir)
+    policy, tokenizer = load_policy(parents.sft_dir, config)
     policy.config._name_or_path = str(parents.sft_dir)  # TRL rebuilds the reference (beta > 0) from here
     reward_model = load_reward_model(parents.reward_dir)
     reward_tokenizer = load_chat_tokenizer(parents.reward_dir, "reward_model_name_or_path")

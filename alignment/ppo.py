@@ -151,7 +151,7 @@ def main(config: PPOStageConfig) -> dict:
     started = time.time()
     parents = resolve_parents(config, needs_reward=True)
     set_seed(config.seed)
-    policy, tokenizer = load_policy(parents.sft_dir)
+    policy, tokenizer = load_policy(parents.sft_dir, config)
     ref_model, _ = load_policy(parents.sft_dir)  # frozen: KL reference and the evaluation's baseline
     ref_model.eval().requires_grad_(False)
     reward_model = load_reward_model(parents.reward_dir)

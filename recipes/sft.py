@@ -21,6 +21,7 @@ from pathlib import Path
 import trl
 
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
+from recipes.core import quantization
 from recipes.core.chat_format import load_chat_tokenizer, needs_lab_masks, with_assistant_masks
 from recipes.core.config import LoraArguments, RunArguments, TrainerDefaults
 from recipes.core.data import fingerprint, load_conversations
@@ -116,14 +117,15 @@ def resolve_model_path(config: SFTStageConfig) -> tuple[Path | str, RunDir | Non
     return parent.model_dir, parent
 
 
-def load_model(path):
+def load_model(path, config=None):
     """The model and its tokenizer, prepared for chat (recipes/core/chat_format.py): the model's end of turn and
-    padding follow the tokenizer's, so what SFT saves stops where its template ends a turn."""
+    padding follow the tokenizer's, so what SFT saves stops where its template ends a turn. 4-bit with
+    `load_in_4bit` (recipes/core/quantization.py)."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_chat_tokenizer(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), **quantization.load_kwargs(config))
     except (OSError, ValueError) as err:
         raise UserError(f"key 'model_name_or_path': cannot load {path} ({str(err).splitlines()[0]})") from None
     model.config.eos_token_id = tokenizer.eos_token_id
@@ -188,10 +190,11 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
 def main(config: SFTStageConfig) -> dict:
     started = time.time()
     run = RunDir.for_config(config, STAGE)
+    quantization.check(config)
     model_path, parent = resolve_model_path(config)
     train, test = load_data(config)
     prompts = load_eval_prompts(config, split="test") if config.eval_prompts else []
-    model, tokenizer = load_model(model_path)
+    model, tokenizer = load_model(model_path, config)
     max_length = resolve_max_length(config, model)
     config = copy.copy(config)
     config.max_length = max_length  # config.yaml records the resolved value
@@ -220,9 +223,7 @@ def main(config: SFTStageConfig) -> dict:
     gold.attach(trainer)
     guarded_train(trainer, run.resume_checkpoint(config.resume))
 
-    final = trainer.model
-    if config.use_peft:
-        final = final.merge_and_unload()
+    final = quantization.merged(trainer.model, model_path)
     n_params = sum(p.numel() for p in final.parameters())
     eval_losses, train_losses = logged(trainer, "eval_loss"), logged(trainer, "loss")
     metrics = {

@@ -18,6 +18,7 @@ import trl
 from transformers import TrainerCallback
 
 import base_model  # noqa: F401  registers the architecture with the Auto classes
+from recipes.core import quantization
 from recipes.core.chat_format import load_chat_tokenizer
 from recipes.core.config import (
     LoraArguments,
@@ -216,7 +217,7 @@ def resolve_parent(config: RewardStageConfig) -> tuple[Path, RunDir | None]:
     return parent.model_dir, parent
 
 
-def load_reward_model(model_dir: Path, seed: int):
+def load_reward_model(model_dir: Path, seed: int, config=None):
     """The SFT backbone under a fresh one-output score head (transformers reports the head as new)."""
     from transformers import AutoModelForSequenceClassification, set_seed
     from transformers.utils import logging as hf_logging
@@ -226,7 +227,8 @@ def load_reward_model(model_dir: Path, seed: int):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the unused lm_head and the new score head are expected
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1,
+                                                                   **quantization.load_kwargs(config))
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -259,6 +261,7 @@ def main(config: RewardStageConfig) -> dict:
 
     started = time.time()
     run = RunDir.for_config(config, config.run_name or STAGE)
+    quantization.check(config)
     model_dir, parent = resolve_parent(config)
     train_pairs, test_pairs = load_pairs(config)
     annotators = annotator_noise(config)
@@ -273,7 +276,7 @@ def main(config: RewardStageConfig) -> dict:
     claim_run(run, lambda: run.start(config, parents=[parent_entry(PARENT, model_dir, parent)], data=data))
     config.output_dir = str(run.checkpoints_dir)  # after start: config.yaml keeps output_dir unset
 
-    model, tokenizer = load_reward_model(model_dir, config.seed)
+    model, tokenizer = load_reward_model(model_dir, config.seed, config)
     context = getattr(model.config, "max_position_embeddings", None)
     if config.max_length is None or (context and config.max_length > context):
         raise UserError(f"key 'max_length' ({config.max_length}) must be set and at most the model's context "
@@ -312,7 +315,8 @@ def main(config: RewardStageConfig) -> dict:
     eval_result = trainer.evaluate()  # the callback runs the gold checks on the final model too
     writer.close()
 
-    trained = trainer.model.merge_and_unload() if config.use_peft else trainer.model
+    trained = quantization.merged(trainer.model, model_dir, num_labels=1)
+    trained.config.pad_token_id = tokenizer.pad_token_id
     metrics = dict(callback.last or {})  # the gold checks run on the main process only
     metrics.update({
         "train_loss": (logged(trainer, "loss") or [None])[-1],

@@ -225,3 +225,51 @@ def test_the_judges_gain_is_its_score_of_each_answer_less_the_sft_answers(qwen, 
     assert metrics["judge_win_rate"] == pytest.approx(sum((g > 0) + 0.5 * (g == 0) for g in gains) / 3)
     assert [row["judge"] for row in rows] == pytest.approx(judged)
     assert "gold_reward" not in metrics and "win_rate" not in metrics and metrics["length"] == pytest.approx(19 / 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# QLoRA: 4-bit bases under LoRA (bitsandbytes runs it on CPU), saved merged at full precision
+
+
+def assert_low_rank_update(before: dict, after: dict, rank: int) -> None:
+    """Every weight either unchanged bit for bit, or changed by a matrix of rank <= `rank` (a merged LoRA update:
+    a quantized copy would differ everywhere, at full rank); and some did change."""
+    changed = 0
+    for key, old in before.items():
+        delta = (after[key].float() - old.float())
+        if delta.abs().max() == 0:
+            continue
+        assert delta.dim() == 2 and torch.linalg.matrix_rank(delta) <= rank, key
+        changed += 1
+    assert changed > 0
+
+
+def test_qlora_trains_4bit_bases_and_saves_them_merged_at_full_precision(qwen, tmp_path):
+    runs = tmp_path / "runs"
+    qlora = ["--use_peft", "true", "--load_in_4bit", "true", "--lora_r", "4"]
+    assert rlhf_lab(["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", str(qwen),
+                     "--runs_root", str(runs), "--num_train_epochs", "1", *qlora]) == 0
+    sft = runs / "smoke" / "sft" / "model"
+    config = json.loads((sft / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and "quantization_config" not in config
+    assert config["eos_token_id"] == load_chat_tokenizer(sft).convert_tokens_to_ids("<|im_end|>")
+    assert_low_rank_update(weights(qwen), weights(sft), rank=4)
+
+    assert rlhf_lab(["reward", "--config", str(SMOKE / "reward.yaml"), "--runs_root", str(runs), *qlora]) == 0
+    reward = runs / "smoke" / "reward" / "model"
+    assert "quantization_config" not in json.loads((reward / "config.json").read_text())
+    assert architecture(reward) == "Qwen2ForSequenceClassification"
+
+    for method in ("dpo", "grpo", "ppo"):  # the offline family, the TRL online family, the lab's own PPO loop
+        assert rlhf_lab(["align", "--method", method, "--config", str(SMOKE / f"align-{method}.yaml"),
+                         "--runs_root", str(runs), *qlora]) == 0
+        aligned = runs / "smoke" / f"align-{method}" / "model"
+        assert "quantization_config" not in json.loads((aligned / "config.json").read_text())
+        assert_low_rank_update(weights(sft), weights(aligned), rank=4)
+
+
+def test_qlora_without_lora_stops_with_one_line(qwen, tmp_path, capsys):
+    code = rlhf_lab(["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", str(qwen),
+                     "--runs_root", str(tmp_path), "--load_in_4bit", "true"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "key 'load_in_4bit'" in err[0] and "use_peft: true" in err[0]

@@ -121,6 +121,14 @@ class LoraArguments:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = dataclasses.field(
         default=None, metadata={"help": "Module names to adapt. Default: the stage's choice (see its docs)."})
+    load_in_4bit: bool = dataclasses.field(
+        default=False, metadata={"help": "QLoRA: load the trained model's frozen weights in 4 bits (bitsandbytes) "
+                                 "under the LoRA adapters; model/ is still saved merged at full precision. Needs "
+                                 "use_peft."})
+    bnb_4bit_quant_type: str = dataclasses.field(
+        default="nf4", metadata={"help": "4-bit data type: nf4 or fp4.", "choices": ["nf4", "fp4"]})
+    use_bnb_nested_quant: bool = dataclasses.field(
+        default=False, metadata={"help": "Quantize the quantization constants too (double quantization)."})
 
 
 # Keys that say how to run, not what to run: left out of the saved config.yaml.
