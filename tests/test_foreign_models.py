@@ -92,11 +92,18 @@ def test_a_base_model_gets_the_documented_template(llama_base):
 # Stages
 
 
-def test_sft_reward_and_dpo_start_from_a_qwen_and_keep_it(qwen, tmp_path):
-    runs = tmp_path / "runs"
+@pytest.fixture(scope="module")
+def qwen_runs(qwen, tmp_path_factory) -> Path:
+    """SFT and a reward model from the Qwen, through the CLI, once for the module: <runs>/smoke/{sft,reward}."""
+    runs = tmp_path_factory.mktemp("qwen-runs")
     assert rlhf_lab(["sft", "--config", str(SMOKE / "sft.yaml"), "--model_name_or_path", str(qwen),
                      "--runs_root", str(runs), "--num_train_epochs", "2"]) == 0
-    sft = runs / "smoke" / "sft"
+    assert rlhf_lab(["reward", "--config", str(SMOKE / "reward.yaml"), "--runs_root", str(runs)]) == 0
+    return runs
+
+
+def test_sft_reward_and_dpo_start_from_a_qwen_and_keep_it(qwen, qwen_runs):
+    sft = qwen_runs / "smoke" / "sft"
     metrics = json.loads((sft / "manifest.json").read_text())["metrics"]
     assert metrics["train_loss"] < metrics["initial_train_loss"]
     assert architecture(sft / "model") == "Qwen2ForCausalLM"
@@ -106,16 +113,28 @@ def test_sft_reward_and_dpo_start_from_a_qwen_and_keep_it(qwen, tmp_path):
         load_chat_tokenizer(sft / "model").convert_tokens_to_ids("<|im_end|>")
     before, after = weights(qwen), weights(sft / "model")
     assert set(before) == set(after) and any((before[k] - after[k]).abs().max() > 0 for k in before)
-
-    assert rlhf_lab(["reward", "--config", str(SMOKE / "reward.yaml"), "--runs_root", str(runs)]) == 0
-    assert architecture(runs / "smoke" / "reward" / "model") == "Qwen2ForSequenceClassification"
+    assert architecture(qwen_runs / "smoke" / "reward" / "model") == "Qwen2ForSequenceClassification"
 
     assert rlhf_lab(["align", "--method", "dpo", "--config", str(SMOKE / "align-dpo.yaml"),
-                     "--runs_root", str(runs)]) == 0
-    dpo = runs / "smoke" / "align-dpo" / "model"
+                     "--runs_root", str(qwen_runs)]) == 0
+    dpo = qwen_runs / "smoke" / "align-dpo" / "model"
     assert architecture(dpo) == "Qwen2ForCausalLM"
     sft_weights, dpo_weights = weights(sft / "model"), weights(dpo)
     assert any((sft_weights[k] - dpo_weights[k]).abs().max() > 0 for k in sft_weights)
+
+
+@pytest.mark.parametrize("method", ["kto", "simpo", "orpo", "rloo", "online-dpo", "dapo", "best-of-n"])
+def test_every_other_method_runs_on_the_qwen(method, qwen_runs):
+    # dpo above; grpo and ppo under QLoRA below; dr-grpo and gspo are grpo with other keys
+    assert rlhf_lab(["align", "--method", method, "--config", str(SMOKE / f"align-{method}.yaml"),
+                     "--runs_root", str(qwen_runs)]) == 0
+    run = qwen_runs / "smoke" / f"align-{method}"
+    metrics = json.loads((run / "manifest.json").read_text())["metrics"]
+    assert isinstance(metrics["gold_gain"], float) and isinstance(metrics["kl"], float)
+    if method != "best-of-n":  # best-of-n saves no weights: its choice is made at answer time
+        assert architecture(run / "model") == "Qwen2ForCausalLM"
+        sft = weights(qwen_runs / "smoke" / "sft" / "model")
+        assert any((sft[k] - v).abs().max() > 0 for k, v in weights(run / "model").items())
 
 
 def test_sft_from_a_base_llama_saves_the_template_it_trained_with(llama_base, tmp_path):
