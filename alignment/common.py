@@ -17,7 +17,7 @@ from pathlib import Path
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from alignment.evaluate import Evaluator, Judge, with_sft
 from recipes.core import quantization
-from recipes.core.chat_format import load_chat_tokenizer
+from recipes.core.chat_format import load_chat_tokenizer, match_model
 from recipes.core.config import LoraArguments
 from recipes.core.data import fingerprint
 from recipes.core.distributed import process_state
@@ -25,9 +25,9 @@ from recipes.core.errors import UserError
 from recipes.core.model_dirs import resolve_model
 from recipes.core.rundir import RunDir, atomic_write_text, parent_entry, require_parent, weights_hash
 from recipes.core.stage_kit import load_eval_prompts
+from recipes.core.stages import JUDGE
 
 MISSING_EOS_PENALTY = 1.0
-JUDGE_STAGE = "judge"  # the stage that trains a recipe's judge (a reward model apart from the proxy)
 
 
 @dataclasses.dataclass
@@ -120,16 +120,30 @@ def resolve_parents(config, *, needs_reward: bool) -> Parents:
             parents.reward_run = require_parent(config, "reward")
             parents.reward_dir = parents.reward_run.model_dir
     judge = getattr(config, "judge_model_name_or_path", None)
-    if judge == JUDGE_STAGE:
-        parents.judge_run = require_parent(config, JUDGE_STAGE)
+    if judge == JUDGE:
+        parents.judge_run = require_parent(config, JUDGE)
         parents.judge_dir = parents.judge_run.model_dir
     elif judge:
         parents.judge_dir = resolve_model(judge, "judge_model_name_or_path", "reward")
+    if parents.reward_dir is not None:
+        check_same_tokenizer(parents.reward_dir, parents.sft_dir)
     if parents.judge_dir is not None and parents.reward_dir is not None \
             and weights_hash(parents.judge_dir) == weights_hash(parents.reward_dir):
         raise UserError(f"key 'judge_model_name_or_path': {judge} is the proxy being optimised "
                         f"({parents.reward_dir}); a judge must be a reward model trained apart from it")
     return parents
+
+
+def check_same_tokenizer(reward_dir: Path, sft_dir: Path) -> None:
+    """The proxy reads the policy's token ids (PPO's value model, the online methods' rewards): a reward model
+    with a tokenizer of its own can judge, not be the proxy."""
+    from transformers import AutoTokenizer
+
+    reward_vocab, sft_vocab = (AutoTokenizer.from_pretrained(str(d)).get_vocab() for d in (reward_dir, sft_dir))
+    if reward_vocab != sft_vocab:
+        raise UserError(f"key 'reward_model_name_or_path': {reward_dir} has another tokenizer than the SFT model "
+                        f"({sft_dir}); the proxy must share it (train one with `rlhf-lab reward` from the SFT model), "
+                        "a reward model of its own can be the judge (judge_model_name_or_path)")
 
 
 def load_policy(path: Path, config=None):
@@ -138,7 +152,8 @@ def load_policy(path: Path, config=None):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(path), **quantization.load_kwargs(config))
-    return model, load_chat_tokenizer(path, "sft_model_name_or_path")
+    tokenizer = load_chat_tokenizer(path, "sft_model_name_or_path")
+    return match_model(model, tokenizer), tokenizer
 
 
 def load_reward_model(path: Path):
@@ -149,21 +164,20 @@ def load_reward_model(path: Path):
     return model
 
 
-def load_judge(path: Path, device) -> Judge:
-    from transformers import AutoModelForSequenceClassification
+def load_judge(path: Path) -> Judge:
+    """The judge on this process's device (it scores wherever the policy samples), with its own tokenizer."""
+    from accelerate import PartialState
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1).to(device)
-    model.eval().requires_grad_(False)
     tokenizer = load_chat_tokenizer(path, "judge_model_name_or_path")
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return Judge(model, tokenizer, str(path))
+    model = load_reward_model(path).to(PartialState().device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return Judge(model, tokenizer)
 
 
 def build_evaluator(config, sft_model, tokenizer, reward_model=None, parents: Parents | None = None):
     """The one evaluation; with `parents` (where the SFT weights came from) the SFT baseline's answers are
     sampled once per recipe and cached for every method, and the judge, if any, is loaded."""
-    judge = load_judge(parents.judge_dir, sft_model.device) if parents and parents.judge_dir else None
+    judge = load_judge(parents.judge_dir) if parents and parents.judge_dir else None
     return Evaluator(sft_model, tokenizer, load_eval_prompts(config), reward_model=reward_model, judge=judge,
                      sft_weights=weights_hash(parents.sft_dir) if parents is not None else None,
                      max_new_tokens=config.eval_max_new_tokens, temperature=config.eval_temperature,
@@ -187,7 +201,7 @@ def start_run(config, method: str, parents: Parents, data: dict | None = None) -
     if parents.reward_dir is not None:
         recorded.append(parent_entry("reward", parents.reward_dir, parents.reward_run))
     if parents.judge_dir is not None:
-        recorded.append(parent_entry(JUDGE_STAGE, parents.judge_dir, parents.judge_run))
+        recorded.append(parent_entry(JUDGE, parents.judge_dir, parents.judge_run))
     run.start(config, parents=recorded, data=data)
     return run
 

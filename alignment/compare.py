@@ -104,6 +104,25 @@ def has_judge(runs) -> bool:
     return any(r.metrics.get(JUDGE.reward) is not None for r in runs)
 
 
+def check_comparable(runs) -> None:
+    """One line, and no table, when the runs were not scored by one truth: some with gold and some without, or
+    by different judges (their scores are on different scales)."""
+    with_gold = [r.name for r in runs if r.metrics.get(GOLD.reward) is not None]
+    if with_gold and len(with_gold) < len(runs):
+        without = [r.name for r in runs if r.name not in with_gold]
+        raise UserError(f"compare: {', '.join(without)} had no gold (prompts that are not the world's) but "
+                        f"{', '.join(with_gold)} did; rerun them on the same eval_prompts")
+    judged = [r.name for r in runs if r.metrics.get(JUDGE.reward) is not None]
+    if not with_gold and judged and len(judged) < len(runs):
+        unjudged = [r.name for r in runs if r.name not in judged]
+        raise UserError(f"compare: no gold, and {', '.join(unjudged)} had no judge to rank by while "
+                        f"{', '.join(judged)} did; rerun them with judge_model_name_or_path")
+    judges = {r.judge.get("weights_sha256") or r.judge.get("model"): r.name for r in runs if r.judge}
+    if len(judges) > 1:
+        raise UserError(f"compare: the runs were scored by {len(judges)} different judges ({', '.join(judges.values())} "
+                        "among them); rerun them with one judge_model_name_or_path")
+
+
 @dataclasses.dataclass
 class Run:
     name: str  # align-dpo, align-dpo-seed1
@@ -114,6 +133,7 @@ class Run:
     finished: str
     loss: str | None = None  # the loss_type it ran (TRL's name), where the method has several
     per_prompt: dict | None = None  # the final evaluation prompt by prompt (alignment.common.PER_PROMPT_FILE)
+    judge: dict | None = None  # the manifest's judge parent (run or model, weights_sha256), if a judge scored it
 
 
 def loss_of(path: Path) -> str | None:
@@ -155,8 +175,9 @@ def collect(recipe_runs: Path) -> list[Run]:
             print(f"compare: leaving out {path.name} (not finished)")
             continue
         method = row_name(path.name)
+        judge = next((p for p in manifest.get("parents") or [] if p.get("role") == "judge"), None)
         runs.append(Run(path.name, method, int(manifest.get("seed") or 0), path, manifest.get("metrics") or {},
-                        manifest.get("finished") or "", loss_of(path), per_prompt_of(path)))
+                        manifest.get("finished") or "", loss_of(path), per_prompt_of(path), judge))
     if not runs:
         raise UserError(f"{recipe_runs}: no finished alignment runs (align-<method>/) to compare; "
                         f"run `rlhf-lab run recipes/{recipe_runs.name}` first")
@@ -296,21 +317,13 @@ def caption(runs: list[Run], pairs: list[dict], truth: Truth = GOLD) -> str:
     median = float(np.median(half))
     k = first["samples_per_prompt"]
     k_sft = first.get("baseline_samples_per_prompt", k)
-    judged = f" by the judge ({judge_source(scored[0])})" if truth is JUDGE else ""
+    judge = scored[0].judge or {}
+    scored_by = f"the judge's score ({judge.get('run') or judge.get('model')})" if truth is JUDGE else "gold"
     return (f"Evaluation: {len(first[truth.per_prompt])} held-out prompts, {k} answer{'s' if k > 1 else ''} to each from every "
             f"method and {k_sft} from the SFT baseline (its own draws, shared by the methods). Win vs SFT: share of "
-            f"(method answer, SFT answer) pairs won on {truth.name}{judged}, ties half. Gain vs SFT: mean of per-prompt "
+            f"(method answer, SFT answer) pairs won on {scored_by}, ties half. Gain vs SFT: mean of per-prompt "
             f"differences in {truth.name}, 95% paired bootstrap interval (median half-width {median:.3f}); a gain smaller than about "
             f"{2.8 * median / 1.96:.3f} is detected with less than 80% power.")
-
-
-def judge_source(run: Run) -> str:
-    """The judge a run was evaluated by, from its manifest's parents."""
-    try:
-        parents = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")).get("parents") or []
-    except (OSError, json.JSONDecodeError):
-        return "?"
-    return next((p.get("run") or p.get("model") or "?" for p in parents if p.get("role") == "judge"), "?")
 
 
 def judge_agreement(runs: list[Run], rows: list[dict]) -> str:
@@ -357,9 +370,7 @@ def markdown(rows: list[dict], columns) -> str:
     return markdown_table(headers, table)
 
 
-def to_csv(rows: list[dict], columns) -> str:
-    truth = GOLD if any(r.get("gold_reward") is not None for r in rows) else JUDGE
-    with_judge = any(r.get("judge_reward") is not None for r in rows)
+def to_csv(rows: list[dict], columns, truth: Truth, with_judge: bool) -> str:
     fields = ["method", "seed", "run", "loss"]
     for t in [truth] + ([JUDGE] if with_judge and truth is GOLD else []):
         fields += [t.reward, f"{t.reward}_low", f"{t.reward}_high", t.gain, f"{t.gain}_low", f"{t.gain}_high",
@@ -394,6 +405,7 @@ def is_up_to_date(config: CompareConfig) -> bool:
 def main(config: CompareConfig) -> dict:
     recipe_runs = Path(config.run_dir)
     runs = collect(recipe_runs)
+    check_comparable(runs)
     rows, columns = build_rows(runs)
     out = recipe_runs / OUT
     out.mkdir(parents=True, exist_ok=True)
@@ -408,7 +420,7 @@ def main(config: CompareConfig) -> dict:
                      "gains (1: every seed ranks them alike; 0: no agreement).")
     text = "\n\n".join([table] + [n for n in notes if n])
     atomic_write_text(out / "compare.md", f"# {recipe_runs.name}: alignment methods compared\n\n{text}\n")
-    atomic_write_text(out / "compare.csv", to_csv(rows, columns))
+    atomic_write_text(out / "compare.csv", to_csv(rows, columns, truth, has_judge(runs)))
     atomic_write_text(out / "pairwise.csv", pairs_csv(pairs))
     curves = {r.name: read_curves(r.path / "tb") for r in runs}
     write_plots(out, runs, rows, curves, truth)

@@ -22,7 +22,7 @@ import trl
 
 import base_model  # noqa: F401  (registers the architecture with the Auto classes)
 from recipes.core import quantization
-from recipes.core.chat_format import load_chat_tokenizer, needs_lab_masks, with_assistant_masks
+from recipes.core.chat_format import load_chat_tokenizer, match_model, needs_lab_masks, with_assistant_masks
 from recipes.core.config import LoraArguments, RunArguments, TrainerDefaults
 from recipes.core.data import fingerprint, load_conversations
 from recipes.core.distributed import claim_run
@@ -128,12 +128,7 @@ def load_model(path, config=None):
         model = AutoModelForCausalLM.from_pretrained(str(path), **quantization.load_kwargs(config))
     except (OSError, ValueError) as err:
         raise UserError(f"key 'model_name_or_path': cannot load {path} ({str(err).splitlines()[0]})") from None
-    model.config.eos_token_id = tokenizer.eos_token_id
-    model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return match_model(model, tokenizer), tokenizer
 
 
 def load_data(config: SFTStageConfig):
@@ -173,8 +168,8 @@ def build_trainer(config: SFTStageConfig, model, tokenizer, train, test, *, outp
     args = trainer_args(config, output_dir, max_length)
     if config.assistant_only_loss and needs_lab_masks(tokenizer):
         # A template TRL cannot mark: the lab marks each answer itself and TRL trains on those masks.
-        train = with_assistant_masks(train, tokenizer, config.dataset_name)
-        test = with_assistant_masks(test, tokenizer, config.dataset_name) if len(test) else test
+        train = with_assistant_masks(train, tokenizer, f"{config.dataset_name} [{config.dataset_train_split}]")
+        test = with_assistant_masks(test, tokenizer, f"{config.dataset_name} [eval]") if len(test) else test
         args.assistant_only_loss = False
     with trainer_refusals(config):
         return with_exact_resume(trl.SFTTrainer)(

@@ -71,8 +71,25 @@ def test_a_template_that_rewrites_earlier_turns_stops_with_the_conversation_name
     import datasets
 
     rows = datasets.Dataset.from_dict({"messages": [CONVERSATION[:2], CONVERSATION]})
-    with pytest.raises(UserError, match=r"^chats.jsonl: conversation 1: the chat template does not render turn 2 "):
+    with pytest.raises(UserError, match=r"^chats.jsonl: the conversation starting 'What is 2 \+ 3\?': the chat "
+                                        r"template does not render turn 2 "):
         with_assistant_masks(rows, tokenizer, "chats.jsonl")
+
+
+def test_pad_is_not_the_end_of_turn_where_another_token_can_pad(qwen, tmp_path):
+    # Llama 3's shape: a template ending turns with <|eot_id|>, eos <|end_of_text|>, no pad token. A reward model
+    # reads its score at the last token that is not padding: padding with <|eot_id|> would hide a turn's end.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|eot_id|>", "<|end_of_text|>"]})
+    tokenizer.eos_token, tokenizer.pad_token = "<|end_of_text|>", None
+    tokenizer.chat_template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
+                               "'<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                               "{% endif %}")
+    tokenizer.save_pretrained(tmp_path / "llama3-like")
+    prepared = load_chat_tokenizer(tmp_path / "llama3-like")
+    assert (prepared.eos_token, prepared.pad_token) == ("<|eot_id|>", "<|end_of_text|>")
 
 
 def test_a_base_model_gets_the_documented_template(llama_base):
@@ -166,11 +183,21 @@ def test_a_hub_id_is_read_from_the_local_cache(qwen, tmp_path, monkeypatch):
     (cache / "models--lab--tiny-qwen" / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     assert resolve_model("lab/tiny-qwen", "sft_model_name_or_path", "policy") == snapshot
-    with pytest.raises(UserError, match=r"^key 'sft_model_name_or_path': hub model 'lab/not-there' is not in the "
-                                        r"local Hugging Face cache and the hub is offline"):
+    with pytest.raises(UserError, match=r"^key 'sft_model_name_or_path': 'lab/not-there' is no folder here, and as a "
+                                        r"hub model it is not in the local Hugging Face cache with the hub offline"):
         resolve_model("lab/not-there", "sft_model_name_or_path", "policy")
     with pytest.raises(UserError, match=r"holds a Qwen2ForCausalLM .* expected a reward model"):
         resolve_model("lab/tiny-qwen", "judge_model_name_or_path", "reward")
+
+
+def test_a_proxy_with_another_tokenizer_is_refused(qwen, smoke_sft, smoke_runs, tmp_path, capsys):
+    judge_like = qwen_judge(qwen, tmp_path / "qwen-reward")
+    capsys.readouterr()  # save_pretrained's progress bar
+    code = rlhf_lab(["align", "--method", "dpo", "--config", str(SMOKE / "align-dpo.yaml"), "--runs_root",
+                     str(smoke_runs), "--reward_model_name_or_path", str(judge_like), "--run_name", "align-dpo-x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "has another tokenizer than the SFT model" in err[0]
+    assert "can be the judge" in err[0]
 
 
 def test_a_missing_hub_model_or_dataset_stops_with_one_line(tmp_path, capsys):
@@ -178,7 +205,7 @@ def test_a_missing_hub_model_or_dataset_stops_with_one_line(tmp_path, capsys):
                      "--runs_root", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
-    assert "hub model 'lab/not-there' is not in the local Hugging Face cache" in err[0]
+    assert "'lab/not-there' is no folder here, and as a hub model it is not in the local Hugging Face cache" in err[0]
     with pytest.raises(UserError, match=r"^lab/no-such-dataset: Hugging Face dataset \(split 'train'\) is not in "
                                         r"the local cache and the hub is offline"):
         load_conversations("lab/no-such-dataset", split="train")
@@ -230,7 +257,7 @@ def test_the_judges_gain_is_its_score_of_each_answer_less_the_sft_answers(qwen, 
     from recipes.core.generation import Answer
     from reward import score
 
-    judge = load_judge(qwen_judge(qwen, tmp_path / "judge"), "cpu")
+    judge = load_judge(qwen_judge(qwen, tmp_path / "judge"))
     policy, tokenizer = load_policy(smoke_sft / "model")
     prompts = ["What is 2 + 3?", "Write a haiku about rain.", "Hello!"]  # one is not the world's: no gold
     evaluator = Evaluator(policy, tokenizer, prompts, judge=judge, max_new_tokens=8, seed=0)
@@ -278,6 +305,8 @@ def test_qlora_trains_4bit_bases_and_saves_them_merged_at_full_precision(qwen, t
     reward = runs / "smoke" / "reward" / "model"
     assert "quantization_config" not in json.loads((reward / "config.json").read_text())
     assert architecture(reward) == "Qwen2ForSequenceClassification"
+    backbone, scored = weights(sft), weights(reward)
+    assert_low_rank_update({k: v for k, v in backbone.items() if k in scored}, scored, rank=4)
 
     for method in ("dpo", "grpo", "ppo"):  # the offline family, the TRL online family, the lab's own PPO loop
         assert rlhf_lab(["align", "--method", method, "--config", str(SMOKE / f"align-{method}.yaml"),
@@ -292,3 +321,34 @@ def test_qlora_without_lora_stops_with_one_line(qwen, tmp_path, capsys):
                      "--runs_root", str(tmp_path), "--load_in_4bit", "true"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "key 'load_in_4bit'" in err[0] and "use_peft: true" in err[0]
+
+
+def test_merging_a_4bit_model_reads_the_base_again_and_keeps_what_trained(qwen):
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2ForSequenceClassification
+
+    from recipes.core import quantization
+
+    config = SimpleNamespace(load_in_4bit=True, use_peft=True, bnb_4bit_quant_type="nf4", use_bnb_nested_quant=False)
+    model = Qwen2ForSequenceClassification.from_pretrained(str(qwen), num_labels=1, **quantization.load_kwargs(config))
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=["score"],
+                                            task_type="SEQ_CLS"))
+    assert quantization.is_quantized(peft)
+    torch.manual_seed(0)
+    with torch.no_grad():  # stand-ins for trained adapters and a trained head
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+        peft.base_model.model.score.modules_to_save["default"].weight.fill_(0.5)
+    q_proj = peft.base_model.model.model.layers[0].self_attn.q_proj
+    update = (q_proj.lora_B["default"].weight.float() @ q_proj.lora_A["default"].weight.float()) * 2.0  # alpha / r
+
+    merged = quantization.merged(peft, qwen, num_labels=1)
+    base = weights(qwen)
+    assert not quantization.is_quantized(merged) and merged.dtype == torch.float32
+    assert torch.equal(merged.score.weight, torch.full_like(merged.score.weight, 0.5))
+    saved = merged.model.layers[0].self_attn.q_proj.weight
+    torch.testing.assert_close(saved, base["model.layers.0.self_attn.q_proj.weight"] + update, rtol=0, atol=1e-6)
+    assert torch.equal(merged.model.layers[0].self_attn.k_proj.weight, base["model.layers.0.self_attn.k_proj.weight"])

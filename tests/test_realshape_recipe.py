@@ -112,7 +112,7 @@ def test_without_gold_the_judge_takes_its_place(realshape, tmp_path, capsys):
     table = (runs / "realshape-cpu" / "compare" / "compare.md").read_text()
     header = table.splitlines()[2]
     assert "| judge | gain vs SFT (judge) | win vs SFT (judge) | proxy |" in header and "gold" not in header
-    assert "ranked by judge" in table and "won on judge by the judge" in table
+    assert "ranked by judge" in table and f"won on the judge's score ({runs / 'realshape-cpu' / 'judge'})" in table
     csv_header = (runs / "realshape-cpu" / "compare" / "compare.csv").read_text().splitlines()[0]
     assert "judge_gain_low" in csv_header and "gold_reward" not in csv_header
 
@@ -129,4 +129,18 @@ def test_a_judge_must_not_be_the_proxy_and_must_exist(realshape, tmp_path, capsy
         shutil.copytree(realshape / stage, runs / "realshape-cpu" / stage)
     code = rlhf_lab(common + ["--runs_root", str(runs)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "judge" in err[0], err
+    assert code != 0 and len(err) == 1 and "has no finished judge run: run `rlhf-lab judge --config" in err[0], err
+
+
+def test_compare_refuses_runs_scored_by_different_judges(realshape, tmp_path, capsys):
+    runs = tmp_path / "realshape-cpu"
+    for method in ("dpo", "grpo"):
+        shutil.copytree(realshape / f"align-{method}", runs / f"align-{method}")
+    manifest_path = runs / "align-grpo" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    next(p for p in manifest["parents"] if p["role"] == "judge")["weights_sha256"] = "0" * 64  # another judge
+    manifest_path.write_text(json.dumps(manifest))
+    assert rlhf_lab(["compare", str(runs)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scored by 2 different judges" in err[0]
+    assert not (runs / "compare").exists()

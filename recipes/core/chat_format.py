@@ -10,8 +10,11 @@ folder of a SmolLM-, Qwen- or Llama-class model) may not:
   penalty read it. Chat templates often close a turn with another token than the tokenizer's end of
   sequence (ChatML's `<|im_end|>` beside `<|endoftext|>`, Llama 3's `<|eot_id|>`): the token the template
   writes after an assistant answer becomes the tokenizer's `eos_token` (and the model's generation config's).
-- **Padding**: a tokenizer without a pad token pads with its end of turn (as TRL does); the lab's own batches
-  carry attention masks and pad on the side each use needs.
+- **Padding**: a tokenizer without a pad token pads with its old end-of-sequence token when that is not the end
+  of turn, else with its unknown token, else with the end of turn (as TRL does). Not with the end of turn where
+  it can be helped: a reward model reads its score at the last token that is not padding, and an answer that
+  ended its turn would look cut off. The lab's own batches carry attention masks and pad on the side each use
+  needs. `match_model` puts the same ids into a model's config and generation config.
 - **Assistant-only loss** needs `{% generation %}` markers, which most templates lack; TRL patches the templates
   it knows and refuses the rest. For those, `assistant_masks` marks each assistant turn's tokens by rendering
   the conversation up to that turn (with the assistant header) and through it: the tokens in between are the
@@ -51,10 +54,10 @@ def load_chat_tokenizer(name_or_path, key: str = "model_name_or_path"):
     return prepare_chat_tokenizer(tokenizer, str(name_or_path), key=key)
 
 
-def prepare_chat_tokenizer(tokenizer, source: str = "the model", *, key: str = "model_name_or_path", quiet=False):
+def prepare_chat_tokenizer(tokenizer, source: str = "the model", *, key: str = "model_name_or_path"):
     """`tokenizer` with a chat template, its end-of-turn token as `eos_token` and a pad token (see the module
     doc); changes nothing on a tokenizer that has them (the lab's own, or one this function prepared)."""
-    say = (lambda _: None) if quiet else print
+    say = print
     if not tokenizer.chat_template:
         if tokenizer.eos_token is None:
             raise UserError(f"key '{key}': the tokenizer of {source} has neither a chat template nor an "
@@ -63,13 +66,25 @@ def prepare_chat_tokenizer(tokenizer, source: str = "the model", *, key: str = "
         say(f"{source}: its tokenizer has no chat template; using the lab's plain one "
             f"('### User:' / '### Assistant:' headers, {tokenizer.eos_token} ending each turn)")
     end = end_of_turn_token(tokenizer, source, key)
+    if tokenizer.pad_token is None:
+        spare = [t for t in (tokenizer.eos_token, tokenizer.unk_token) if t is not None and t != end]
+        tokenizer.pad_token = spare[0] if spare else end
     if end != tokenizer.eos_token:
         say(f"{source}: the chat template ends a turn with {end}, which becomes the end-of-sequence token "
             f"(was {tokenizer.eos_token})")
         tokenizer.eos_token = end
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def match_model(model, tokenizer):
+    """The model's config and generation config end sequences and pad where the prepared tokenizer does, so what
+    a stage saves stops at the template's end of turn in any inference engine too."""
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def end_of_turn_token(tokenizer, source: str = "the model", key: str = "model_name_or_path") -> str:
@@ -126,14 +141,16 @@ def assistant_masks(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
 
 
 def with_assistant_masks(dataset, tokenizer, name: str):
-    """A `messages` dataset as `input_ids` and `assistant_masks` (TRL builds the labels from the masks)."""
+    """A `messages` dataset as `input_ids` and `assistant_masks` (TRL builds the labels from the masks); a
+    conversation the template cannot mark is named by its first words (rows may have been dropped before)."""
     rows = {"input_ids": [], "assistant_masks": []}
-    for number, messages in enumerate(dataset["messages"], start=1):
+    for messages in dataset["messages"]:
         try:
             ids, mask = assistant_masks(tokenizer, messages)
         except ValueError as err:
-            raise UserError(f"{name}: conversation {number}: {err}; set assistant_only_loss: false, or give the "
-                            "tokenizer a template with {% generation %} markers") from None
+            raise UserError(f"{name}: the conversation starting {messages[0]['content'][:40]!r}: {err}; set "
+                            "assistant_only_loss: false, or give the tokenizer a template with {% generation %} "
+                            "markers") from None
         rows["input_ids"].append(ids)
         rows["assistant_masks"].append(mask)
     import datasets

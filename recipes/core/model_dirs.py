@@ -62,18 +62,26 @@ def resolve_model(value: str, key: str, kind: str) -> Path:
     return check_model_dir(hub_snapshot(value, key), key, kind)
 
 
-HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]  # config, weights, tokenizer
+HUB_SKIPPED = ["consolidated*", "original/*"]  # other engines' copies of the same weights
 
 
 def hub_snapshot(repo_id: str, key: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import list_repo_files, snapshot_download
 
     offline = hub_offline()
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=offline))
+        patterns = list(HUB_FILES)
+        if not offline and not any(f.endswith(".safetensors") for f in list_repo_files(repo_id)):
+            patterns.append("*.bin")  # an older repository: its weights only as pytorch_model*.bin
+        elif offline:
+            patterns.append("*.bin")  # whatever the cache holds
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=HUB_SKIPPED,
+                                      local_files_only=offline))
     except Exception as err:  # not cached, network, auth, no such repo: all the user's to fix
         if offline:
-            raise UserError(f"key '{key}': hub model '{repo_id}' is not in the local Hugging Face cache and the hub "
-                            "is offline (HF_HUB_OFFLINE=1); download it once online, or give a saved model "
-                            "folder") from None
-        raise UserError(f"key '{key}': cannot fetch hub model '{repo_id}' ({str(err).splitlines()[0]})") from None
+            raise UserError(f"key '{key}': '{repo_id}' is no folder here, and as a hub model it is not in the local "
+                            "Hugging Face cache with the hub offline (HF_HUB_OFFLINE=1); download it once online, "
+                            "or give a saved model folder") from None
+        raise UserError(f"key '{key}': '{repo_id}' is no folder here and cannot be fetched as a hub model "
+                        f"({str(err).splitlines()[0]})") from None

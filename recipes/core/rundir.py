@@ -134,7 +134,7 @@ def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
 def parent_entry(role: str, model_dir: Path | str, run: "RunDir | None" = None) -> dict[str, Any]:
     """One entry of a manifest's `parents`, the same shape for every stage: the parent's role (the registry's
     name for the stage it stands for: pretrain, sft, reward), the run it came from (None for a model given by
-    path), the model folder and the sha256 of its weights (None for a hub name: no local weights to hash)."""
+    path), the model folder (a hub model's local snapshot) and the sha256 of its weights."""
     model_dir = Path(run.model_dir if run is not None else model_dir)
     return {"role": role, "stage": run.stage if run is not None else None,
             "run": str(run.path) if run is not None else None, "model": str(model_dir),

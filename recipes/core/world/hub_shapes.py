@@ -22,7 +22,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .generate import generate
+from .generate import generate, write_jsonl
 
 SPLITS = {  # folder -> (the world's split files -> the hub's split names)
     "stories": {"train": "train", "validation": "validation"},
@@ -34,11 +34,6 @@ SPLITS = {  # folder -> (the world's split files -> the hub's split names)
 
 def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _write(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
 
 
 def _prompt_id(text: str) -> str:
@@ -58,7 +53,7 @@ def write_hub_shaped(out: Path, *, size: str, seed: int, tmp: Path) -> dict[str,
     counts = {}
 
     def put(folder: str, split: str, rows: list[dict]) -> None:
-        _write(out / folder / f"{split}.jsonl", rows)
+        write_jsonl(out / folder / f"{split}.jsonl", rows)
         counts[f"{folder}/{split}"] = len(rows)
 
     for world_split, hub_split in SPLITS["stories"].items():
