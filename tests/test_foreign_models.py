@@ -308,7 +308,7 @@ def test_qlora_trains_4bit_bases_and_saves_them_merged_at_full_precision(qwen, t
     backbone, scored = weights(sft), weights(reward)
     assert_low_rank_update({k: v for k, v in backbone.items() if k in scored}, scored, rank=4)
 
-    for method in ("dpo", "grpo", "ppo"):  # the offline family, the TRL online family, the lab's own PPO loop
+    for method in ("dpo", "ppo"):  # a TRL trainer (GRPO and RLOO cast the same way) and the lab's own PPO loop
         assert rlhf_lab(["align", "--method", method, "--config", str(SMOKE / f"align-{method}.yaml"),
                          "--runs_root", str(runs), *qlora]) == 0
         aligned = runs / "smoke" / f"align-{method}" / "model"
