@@ -57,20 +57,19 @@ def load_chat_tokenizer(name_or_path, key: str = "model_name_or_path"):
 def prepare_chat_tokenizer(tokenizer, source: str = "the model", *, key: str = "model_name_or_path"):
     """`tokenizer` with a chat template, its end-of-turn token as `eos_token` and a pad token (see the module
     doc); changes nothing on a tokenizer that has them (the lab's own, or one this function prepared)."""
-    say = print
     if not tokenizer.chat_template:
         if tokenizer.eos_token is None:
             raise UserError(f"key '{key}': the tokenizer of {source} has neither a chat template nor an "
                             "end-of-sequence token to close a turn with")
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-        say(f"{source}: its tokenizer has no chat template; using the lab's plain one "
+        print(f"{source}: its tokenizer has no chat template; using the lab's plain one "
             f"('### User:' / '### Assistant:' headers, {tokenizer.eos_token} ending each turn)")
     end = end_of_turn_token(tokenizer, source, key)
     if tokenizer.pad_token is None:
         spare = [t for t in (tokenizer.eos_token, tokenizer.unk_token) if t is not None and t != end]
         tokenizer.pad_token = spare[0] if spare else end
     if end != tokenizer.eos_token:
-        say(f"{source}: the chat template ends a turn with {end}, which becomes the end-of-sequence token "
+        print(f"{source}: the chat template ends a turn with {end}, which becomes the end-of-sequence token "
             f"(was {tokenizer.eos_token})")
         tokenizer.eos_token = end
     return tokenizer
