@@ -57,12 +57,14 @@ PEAK_SIZE = 1024  # square matmul for the peak: large enough to be compute-bound
 GPU_PEAK_SIZE = 8192  # a GPU needs a far larger product to fill its matrix units
 
 
-def build_pair(size: str, seed: int = 0, device: str = "cpu"):
-    """(ours, llama): our GPTForCausalLM and its LlamaForCausalLM export, same weights, in train mode."""
+def build_pair(size: str, seed: int = 0, device: str = "cpu", **overrides):
+    """(ours, llama): our GPTForCausalLM and its LlamaForCausalLM export, same weights, in train mode; `overrides`
+    are GPTConfig keys (a tokenizer's vocab_size and eos_token_id)."""
     import torch
 
     torch.manual_seed(seed)
-    config = GPTConfig(**SIZES[size], max_position_embeddings=1024, pad_token_id=0, eos_token_id=None)
+    keys = {**SIZES[size], "max_position_embeddings": 1024, "pad_token_id": 0, "eos_token_id": None, **overrides}
+    config = GPTConfig(**keys)
     ours = GPTForCausalLM(config)
     with torch.no_grad():
         for name, p in ours.named_parameters():

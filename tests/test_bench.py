@@ -63,3 +63,28 @@ def test_bench_on_cuda_without_a_gpu_says_so(capsys):
     assert rlhf_lab(["bench", "--quick", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert "--device cuda: torch sees no CUDA device" in err and "Traceback" not in err
+
+
+def test_bench_stages_quick_runs_grpo_and_ppo_on_both_models_and_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "stages.json"
+    assert rlhf_lab(["bench", "--stages", "--quick", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["stages"]
+    assert [(r["stage"], r["size"], r["steps"]) for r in rows] == [("grpo", "tiny", 2), ("ppo", "tiny", 2)]
+    for row in rows:
+        for side in ("gpt", "llama"):
+            parts = [row[f"{side}_{p}_seconds"] for p in ("sampling", "scoring", "updating")]
+            assert all(p > 0 for p in parts) and sum(parts) == pytest.approx(row[f"{side}_seconds"])
+            assert row[f"{side}_steps_per_s"] == pytest.approx(2 / row[f"{side}_seconds"])
+            # a step samples at most batch x max_completion_length tokens (random weights rarely end early)
+            assert 0 < row[f"{side}_tokens_sampled"] <= 2 * row["batch"] * row["max_completion_length"]
+        assert row["gpt_fast_sampler_calls"] == 2 and row["llama_fast_sampler_calls"] == 0  # one rollout a step
+        assert row["steps_per_s_ratio"] == pytest.approx(row["gpt_steps_per_s"] / row["llama_steps_per_s"])
+        assert row["sampling_ratio"] == pytest.approx(row["llama_sampling_seconds"] / row["gpt_sampling_seconds"])
+    printed = capsys.readouterr().out
+    assert "RL stages" in printed and " grpo  tiny" in printed and "  ppo  tiny" in printed and str(out) in printed
+
+
+def test_bench_stages_refuses_bad_flags(tmp_path, capsys):
+    assert rlhf_lab(["bench", "--stages", "--steps", "0", "--output", str(tmp_path / "x.json")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--steps must be at least 1, got 0" in err[0]

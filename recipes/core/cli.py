@@ -34,11 +34,14 @@ COMMANDS = {
     "sample": ("alignment.sample", "answer the same prompts side by side with several models, gold and proxy scored"),
     "chat": ("alignment.chat", "talk to a model; each answer shown with its gold and proxy score"),
     "export": ("base_model.export", "convert a trained model into transformers' LlamaForCausalLM"),
-    "bench": ("base_model.bench", "training and generation speed against transformers' Llama, as ratios"),
+    "bench": ("base_model.bench", "training and generation speed against transformers' Llama, as ratios "
+              "(--stages: the GRPO stage against TRL on the Llama)"),
 }
 
 
-def command_entry(command: str) -> Callable[[list[str]], int]:
+def command_entry(command: str, argv: list[str] = ()) -> Callable[[list[str]], int]:
+    if command == "bench" and "--stages" in argv:  # the RL stage's benchmark lives with the stages
+        return importlib.import_module("alignment.stage_bench").cli
     module = COMMANDS[command][0]
     return STAGES[command].run if module is None else importlib.import_module(module).cli
 
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("RLHF_LAB_VERBOSE"):
         quiet_dependencies()
     try:
-        code = int(command_entry(command)(rest) or 0)
+        code = int(command_entry(command, rest)(rest) or 0)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             end_processes()
         return code
