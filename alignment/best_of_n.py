@@ -21,6 +21,11 @@ itself maximised the weighted `reward_funcs`, the proxy less `missing_eos_penalt
 its end of turn by default), `sft_<metric>` (the SFT baseline), `tokens_generated` (all n candidates),
 `reward_queries` (the candidates the reward model scored to choose).
 
+Under `accelerate launch --num_processes W` the n candidates are shared out: process r samples candidates
+r, r + W, r + 2W, ... (each from its own stream, so which process draws it changes nothing), the candidates
+are gathered, and the main process scores, chooses, evaluates and writes: the same result as one process,
+about W times faster to sample.
+
 model/ holds what "the best-of-n policy" is: the SFT model (from_pretrained-loadable, with its
 tokenizer), the reward model in model/reward_model/, and model/best_of_n.json naming both (with the
 hashes of their weights), n and the sampling settings, so later stages (compare, chat) can rebuild
@@ -41,6 +46,7 @@ from alignment.common import (
     load_reward_model,
     record_per_prompt,
     resolve_parents,
+    run_name,
     start_run,
 )
 from alignment.evaluate import answer_logprobs, with_sft, write
@@ -48,11 +54,11 @@ from alignment.rewards import RewardArguments, combined
 from alignment.rewards import build as build_rewards
 from recipes.core.config import RunArguments
 from recipes.core.data import fingerprint
-from recipes.core.distributed import require_one_process
+from recipes.core.distributed import claim_run, process_state
 from recipes.core.generation import generate_answers
 from recipes.core.kill_switch import kill_if_asked
 from recipes.core.progress import step_bar
-from recipes.core.rundir import atomic_write_text, weights_hash
+from recipes.core.rundir import RunDir, atomic_write_text, weights_hash
 from recipes.core.seeds import stream_seed
 from reward import score
 
@@ -141,18 +147,34 @@ def best_of(scores: list[list[float]]) -> list[int]:
     return [max(range(len(row)), key=lambda k: (row[k], -k)) for row in scores]
 
 
-def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward):
+def sample_candidates(evaluator, n: int, seed: int, process=None) -> list[list]:
+    """All n candidates [candidate][slot]: this process samples its share (candidate k on process k mod W), and
+    the shares are gathered on every process, in candidate order."""
+    world, rank = (process.num_processes, process.process_index) if process else (1, 0)
+    mine = range(rank, n, world)
+    if world > 1:
+        print(f"{METHOD}: process {rank + 1} of {world} samples candidates {', '.join(str(k) for k in mine)}",
+              flush=True)
+    drawn = []
+    bar = step_bar(len(mine), f"{METHOD} samples")
+    for k in mine:
+        kill_if_asked(k + 1)
+        settings = {**evaluator.generation, "seed": stream_seed(seed, "best-of-n/candidate", k)}
+        drawn.append((k, generate_answers(evaluator.sft_model, evaluator.tokenizer, evaluator.prompts, **settings)))
+        bar.update()
+    bar.close()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        drawn = gather_object(drawn)
+    return [answers for _, answers in sorted(drawn, key=lambda pair: pair[0])]
+
+
+def sample_and_choose(evaluator, reward_model, n: int, seed: int, reward, process=None):
     """(chosen answers, proxy scores [slot][candidate], the rewards the choice maximised [slot][candidate], chosen
     index per slot, all candidates [candidate][slot]). `reward(prompts, answers, proxy)`: what chooses, given the
     proxy's scores of the answers (`reward_of`)."""
-    samples = []
-    bar = step_bar(n, f"{METHOD} samples")
-    for k in range(n):
-        kill_if_asked(k + 1)
-        samples.append(generate_answers(evaluator.sft_model, evaluator.tokenizer, evaluator.prompts,
-                                        **{**evaluator.generation, "seed": stream_seed(seed, "best-of-n/candidate", k)}))
-        bar.update()
-    bar.close()
+    samples = sample_candidates(evaluator, n, seed, process)
     proxy = [score(reward_model, evaluator.tokenizer, evaluator.prompts, [a.text for a in answers],
                    ended=[a.ended for a in answers], batch_size=evaluator.batch_size) for answers in samples]
     chooser = [reward(evaluator.prompts, answers, scores) for answers, scores in zip(samples, proxy)]
@@ -190,23 +212,25 @@ def save_policy(run, sft_model, tokenizer, reward_model, spec: dict) -> None:
 def main(config: BestOfNConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
-    require_one_process("align --method best-of-n")
-
     started = time.time()
+    process = process_state()
     parents = resolve_parents(config, needs_reward=True)
     bound = kl_bound(config.n)
-    run = start_run(config, METHOD, parents, data={
+    run = claim_run(RunDir.for_config(config, run_name(config, METHOD)), lambda: start_run(config, METHOD, parents, data={
         "source": None, "fingerprint": fingerprint(config.eval_prompts, split=config.eval_prompts_split),
         "training": "none: best-of-n samples the SFT model and keeps the reward model's favourite",
         "n": config.n, "kl": f"estimated from the candidates and the SFT model's log-probabilities (estimated_kl); "
-                             f"kl_bound = log n - (n-1)/n = {bound:.6f} is an upper bound"})
+                             f"kl_bound = log n - (n-1)/n = {bound:.6f} is an upper bound"}), process)
     sft_model, tokenizer = load_policy(parents.sft_dir)
     reward_model = load_reward_model(parents.reward_dir)
-    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, parents=parents)
+    evaluator = build_evaluator(config, sft_model, tokenizer, reward_model, parents=parents)  # the baseline: cached
+    if not process.is_main_process:
+        sample_candidates(evaluator, config.n, config.seed, process)  # its share; the main process does the rest
+        return {}
     reward_funcs = build_rewards(config, reward_model=reward_model, reward_tokenizer=tokenizer, tokenizer=tokenizer,
                                  batch_size=evaluator.batch_size)
     answers, proxy, chosen_by, chosen, samples = sample_and_choose(evaluator, reward_model, config.n, config.seed,
-                                                                   reward_of(config, reward_funcs))
+                                                                   reward_of(config, reward_funcs), process)
     kl = candidates_kl(sft_model, evaluator.prompt_ids, samples, chosen_by, config.n,
                        temperature=evaluator.temperature, batch_size=evaluator.batch_size,
                        pad_token_id=tokenizer.pad_token_id)

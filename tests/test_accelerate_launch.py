@@ -79,3 +79,24 @@ def test_shipped_accelerate_configs_load(name):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
     if name == "fsdp":
         assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Block"
+
+
+def test_best_of_n_on_two_processes_chooses_exactly_what_one_process_does(smoke_reward, smoke_runs):
+    # Candidate k comes from its own stream whichever process draws it: two processes share the n candidates
+    # out and gather them, and everything after is the single process's computation. One thread each, so the
+    # kernels (and every sampled token) are the same on both sides.
+    common = ["align", "--method", "best-of-n", "--config", str(SMOKE / "align-best-of-n.yaml"),
+              "--runs_root", str(smoke_runs)]
+    result = launch(common + ["--run_name", "align-best-of-n-ddp2"])
+    assert result.stdout.count("wrote ") == 1
+    assert "process 1 of 2 samples candidates 0, 2" in result.stdout
+    assert "process 2 of 2 samples candidates 1, 3" in result.stdout
+    single = subprocess.run([sys.executable, "-m", "recipes.core.cli", *common, "--run_name", "align-best-of-n-ddp1"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-4000:]
+    two, one = (smoke_runs / "smoke" / f"align-best-of-n-ddp{k}" for k in (2, 1))
+    m2, m1 = metrics(two), metrics(one)
+    for key in ("gold_reward", "gold_gain", "best_proxy_reward", "kl", "tokens_generated", "reward_queries"):
+        assert m2[key] == m1[key], key
+    assert json.loads((two / "eval_per_prompt.json").read_text()) == json.loads((one / "eval_per_prompt.json").read_text())
