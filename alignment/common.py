@@ -25,7 +25,7 @@ from recipes.core.errors import UserError
 from recipes.core.model_dirs import resolve_model
 from recipes.core.rundir import RunDir, atomic_write_text, parent_entry, require_parent, weights_hash
 from recipes.core.stage_kit import load_eval_prompts
-from recipes.core.stages import JUDGE
+from recipes.core.stages import JUDGE_STAGE
 
 MISSING_EOS_PENALTY = 1.0
 
@@ -120,8 +120,8 @@ def resolve_parents(config, *, needs_reward: bool) -> Parents:
             parents.reward_run = require_parent(config, "reward")
             parents.reward_dir = parents.reward_run.model_dir
     judge = getattr(config, "judge_model_name_or_path", None)
-    if judge == JUDGE:
-        parents.judge_run = require_parent(config, JUDGE)
+    if judge == JUDGE_STAGE:
+        parents.judge_run = require_parent(config, JUDGE_STAGE)
         parents.judge_dir = parents.judge_run.model_dir
     elif judge:
         parents.judge_dir = resolve_model(judge, "judge_model_name_or_path", "reward")
@@ -201,7 +201,7 @@ def start_run(config, method: str, parents: Parents, data: dict | None = None) -
     if parents.reward_dir is not None:
         recorded.append(parent_entry("reward", parents.reward_dir, parents.reward_run))
     if parents.judge_dir is not None:
-        recorded.append(parent_entry(JUDGE, parents.judge_dir, parents.judge_run))
+        recorded.append(parent_entry(JUDGE_STAGE, parents.judge_dir, parents.judge_run))
     run.start(config, parents=recorded, data=data)
     return run
 

@@ -37,7 +37,7 @@ from recipes.core.progress import attach_progress
 from recipes.core.rundir import RunDir, parent_entry, require_parent
 from recipes.core.seeds import stream_seed
 from recipes.core.stage_kit import data_fingerprint, hold_out_last, load_eval_prompts, lora_config, trainer_refusals
-from recipes.core.stages import JUDGE
+from recipes.core.stages import JUDGE_STAGE
 from recipes.core.tracking import route_trainer_events
 from recipes.core.training_log import logged, mean_train_loss
 from recipes.core.world import SIZES
@@ -131,7 +131,7 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
             raise ValueError(f"key 'max_train_pairs' must be a positive integer or null, got {self.max_train_pairs}")
         if not 0.0 <= self.label_flip_rate <= 1.0:
             raise ValueError(f"key 'label_flip_rate' must be between 0 and 1, got {self.label_flip_rate}")
-        if self.run_name is not None and (not self.run_name.startswith((STAGE, JUDGE)) or "/" in self.run_name):
+        if self.run_name is not None and (not self.run_name.startswith((STAGE, JUDGE_STAGE)) or "/" in self.run_name):
             raise ValueError(f"key 'run_name' must start with '{STAGE}' (or be a judge's) and name one directory, "
                              f"got '{self.run_name}'")
         for key in ("sft_sample_pairs", "sft_sample_cross_pairs"):

@@ -60,7 +60,7 @@ def method_of(name: str) -> str | None:
 
 
 ALIGN_PARENTS = ("sft", "reward")
-JUDGE = "judge"  # the reward stage under this name trains a recipe's judge; `judge_model_name_or_path: judge` reads it
+JUDGE_STAGE = "judge"  # the reward stage under this name trains a recipe's judge; `judge_model_name_or_path: judge` reads it
 
 # In the order a recipe runs them.
 STAGES = {spec.name: spec for spec in [
@@ -69,8 +69,8 @@ STAGES = {spec.name: spec for spec in [
               "turns only"),
     StageSpec("reward", "reward.train", ("sft",), "train a reward model on preference pairs and check it against "
               "the gold reward"),
-    StageSpec(JUDGE, "reward.train", ("sft",), "train a judge: a reward model apart from the proxy, that scores "
-              "answers where there is no gold (judge_model_name_or_path: judge)", defaults=("--run_name", JUDGE)),
+    StageSpec(JUDGE_STAGE, "reward.train", ("sft",), "train a judge: a reward model apart from the proxy, that scores "
+              "answers where there is no gold (judge_model_name_or_path: judge)", defaults=("--run_name", JUDGE_STAGE)),
     StageSpec("overoptimization", "alignment.overoptimization", ("sft",),
               "reward over-optimisation (Gao et al. 2022): gold vs sqrt(KL) for weak proxies"),
 ]}
