@@ -14,8 +14,9 @@ Keys are named as TRL's old PPOConfig named them (num_ppo_epochs, num_mini_batch
 cliprange_value, vf_coef, kl_coef, kl_estimator, gamma, lam, whiten_rewards, missing_eos_penalty,
 response_length, temperature, total_episodes, local_rollout_forward_batch_size), plus `adaptive_kl`,
 `target_kl` and `kl_horizon` for the adaptive KL controller of Ziegler et al. A rollout holds
-per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches answers; `max_steps`
-counts rollouts, and `eval_every` and `save_steps` too.
+per_device_train_batch_size x gradient_accumulation_steps x num_mini_batches answers per process (under
+`accelerate launch`, every process samples its share: alignment/ppo_trainer.py); `max_steps` counts rollouts,
+and `eval_every` and `save_steps` too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from alignment.common import (
     load_policy,
     load_reward_model,
     resolve_parents,
+    run_name,
     start_run,
 )
 from alignment.ppo_trainer import PPOTrainer
@@ -41,12 +43,12 @@ from alignment.rewards import RewardArguments, combined
 from alignment.rewards import build as build_rewards
 from recipes.core.config import RunArguments, TrainerDefaults
 from recipes.core.data import load_prompts
-from recipes.core.distributed import require_one_process
+from recipes.core.distributed import claim_run, process_state
 from recipes.core.errors import UserError
 from recipes.core.finite_loss import stops_on_non_finite
 from recipes.core.generation import render_prompts
 from recipes.core.progress import attach_progress
-from recipes.core.rundir import step_of
+from recipes.core.rundir import RunDir, step_of
 from recipes.core.stage_kit import lora_config, trainer_refusals
 
 METHOD = "ppo"
@@ -147,8 +149,8 @@ def main(config: PPOStageConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from transformers import set_seed
 
-    require_one_process("align --method ppo")
     started = time.time()
+    process = process_state()
     parents = resolve_parents(config, needs_reward=True)
     set_seed(config.seed)
     policy, tokenizer = load_policy(parents.sft_dir, config)
@@ -160,10 +162,10 @@ def main(config: PPOStageConfig) -> dict:
 
     prompts = load_prompts(config.dataset_name, split=config.dataset_train_split, format=config.dataset_format,
                            config=config.dataset_config)
-    if len(prompts) < config.rollout_batch_size:
+    if len(prompts) < config.rollout_batch_size * process.num_processes:
         raise UserError(f"key 'dataset_name': {len(prompts)} prompts, fewer than one rollout "
-                        f"({config.rollout_batch_size} = per_device_train_batch_size x gradient_accumulation_steps "
-                        "x num_mini_batches)")
+                        f"({config.rollout_batch_size * process.num_processes} = per_device_train_batch_size x "
+                        f"gradient_accumulation_steps x num_mini_batches x {process.num_processes} processes)")
     longest = check_context(config, policy, tokenizer, prompts["prompt"])
     peft_config = lora_config(config)
     if peft_config is not None:
@@ -172,12 +174,14 @@ def main(config: PPOStageConfig) -> dict:
         with trainer_refusals(config):
             policy = get_peft_model(policy, peft_config)
 
-    run = start_run(config, METHOD, parents, data={"train_prompts": len(prompts), "longest_prompt_tokens": longest})
+    run = claim_run(RunDir.for_config(config, run_name(config, METHOD)), lambda: start_run(
+        config, METHOD, parents, data={"train_prompts": len(prompts), "longest_prompt_tokens": longest}), process)
     latest = run.latest_checkpoint() if config.resume else None
     resume_from = step_of(latest) if latest is not None else 0
     if config.resume and not resume_from:
         print(f"no checkpoint in {run.checkpoints_dir}; starting from rollout 0")
-    writer = SummaryWriter(str(run.tb_dir), purge_step=resume_from + 1 if resume_from else None)
+    writer = (SummaryWriter(str(run.tb_dir), purge_step=resume_from + 1 if resume_from else None)
+              if process.is_main_process else None)
     evaluator = build_evaluator(config, ref_model, tokenizer, reward_model, parents=parents)
     args = copy.copy(config)
     args.output_dir = str(run.checkpoints_dir)
@@ -192,23 +196,25 @@ def main(config: PPOStageConfig) -> dict:
         with stops_on_non_finite(lambda: trainer.state.global_step, run.checkpoints_dir):
             training = trainer.train(resume=bool(resume_from))
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+    if not process.is_main_process:
+        return {}  # the main process evaluated and writes the run
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     metrics = {
         **final,
         **training,
-        "rollout_batch_size": config.rollout_batch_size,
-        "tokens_generated": round(sum(h["length"] for h in trainer.rollout_history) * config.rollout_batch_size),
+        "rollout_batch_size": trainer.global_batch_size,
+        "processes": process.num_processes,
+        "tokens_generated": round(sum(h["length"] for h in trainer.rollout_history) * trainer.global_batch_size),
         "reward_funcs": "+".join(config.reward_funcs),
-        "reward_queries": len(trainer.rollout_history) * config.rollout_batch_size if config.uses_proxy else 0,
+        "reward_queries": len(trainer.rollout_history) * trainer.global_batch_size if config.uses_proxy else 0,
         "preference_labels": 0,
         "trainable_parameters": trainable,
         "evaluations": len(trainer.eval_history),
         **{f"sft_{k}": v for k, v in evaluator.sft_metrics().items()},
     }
-    if not trainer.is_world_process_zero():
-        return metrics
     return finish_run(run, trainer.policy, tokenizer, metrics, started, evaluator)  # the policy only, merged if LoRA
 
 

@@ -5,7 +5,7 @@ Shapes: a rollout batch is B answers of at most R response tokens, right-padded;
 Every function here is unit-tested against a direct computation (tests/test_ppo_core.py); the
 numbered details follow Huang et al. 2024, "The N Implementation Details of RLHF with PPO".
 
-    masked_mean, masked_var, masked_whiten   statistics over the real tokens only
+    masked_mean, masked_var, masked_whiten   statistics over the real tokens only (`total`: over every process's)
     kl_per_token                             log p - log q (k1) or (r - 1) - log r (k3), per token
     per_token_rewards                        -kl_coef * kl on every real token, + score on the last one
     gae                                      generalised advantage estimation, returns = A + V
@@ -22,29 +22,35 @@ import math
 import torch
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None, total=None) -> torch.Tensor:
+    """Mean of x over the masked entries. `total` (a sum over processes, e.g. accelerate's reduce) makes it the
+    mean over the masked entries of every process's x: the global batch's, not this process's share."""
     mask = mask.to(x.dtype)
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        total = total or (lambda t: t)
+        return total((x * mask).sum()) / total(mask.sum()).clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance over the masked entries; Bessel-corrected by default, as TRL's old `masked_var`."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, total=None) -> torch.Tensor:
+    """Variance over the masked entries (of every process with `total`); Bessel-corrected by default, as TRL's
+    old `masked_var`."""
+    mean = masked_mean(x, mask, total=total)
+    var = masked_mean((x - mean) ** 2, mask, total=total)
+    n = mask.sum() if total is None else total(mask.sum().to(x.dtype))
     if unbiased and n > 1:
         var = var * n / (n - 1)
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (detail: advantage whitening); padding comes back as 0.
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  total=None) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (detail: advantage whitening); padding comes back as 0. With
+    `total`, mean and std are the global batch's, so every process's advantages are whitened alike.
 
     `shift_mean=False` only scales (used for reward whitening, which must keep the reward's sign).
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    mean, var = masked_mean(x, mask, total=total), masked_var(x, mask, total=total)
     whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -141,12 +147,12 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return loss, stats
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, total=None) -> float:
     """1 - Var[returns - values] / Var[returns] over the real tokens (1 is perfect, 0 a constant guess)."""
-    var_returns = masked_var(returns, mask, unbiased=False)
+    var_returns = masked_var(returns, mask, unbiased=False, total=total)
     if var_returns <= 0:
         return float("nan")
-    return float(1 - masked_var(returns - values, mask, unbiased=False) / var_returns)
+    return float(1 - masked_var(returns - values, mask, unbiased=False, total=total) / var_returns)
 
 
 class FixedKLController:

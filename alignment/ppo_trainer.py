@@ -6,7 +6,8 @@ the loop of InstructGPT-style PPO. Each rollout:
 
 1. takes `batch_size` prompts (shuffled each pass over the data) and samples one answer each with
    `recipes.core.generation.generate_answers` at `temperature`, top-k and top-p off, at most
-   `response_length` tokens, cut after the first end of turn;
+   `response_length` tokens, cut after the first end of turn; each block of local_rollout_forward_batch_size
+   answers of the rollout is drawn from a stream of its own (`recipes.core.seeds.stream_seed`);
 2. computes, in one left-padded prompt + right-padded answer layout, the policy's and the frozen
    reference's log-probabilities of the answer tokens at the sampling temperature, and the value
    model's value before each answer token, with `PPOTrainer.forward_answers`: the one forward pass
@@ -18,7 +19,7 @@ the loop of InstructGPT-style PPO. Each rollout:
    model exactly as `reward.score` does, minus `missing_eos_penalty` for an answer that never ended its turn);
 4. rewards per token = -kl_coef * KL estimate on every answer token, + the score on the last one;
    GAE(gamma, lam) gives advantages and returns (returns from the unwhitened advantages), then the
-   advantages are whitened over the real tokens;
+   advantages are whitened over the real tokens of the whole rollout;
 5. `num_ppo_epochs` epochs, each a fresh shuffle into `num_mini_batches` minibatches (each of
    `gradient_accumulation_steps` micro-batches of `per_device_train_batch_size`): clipped policy loss
    + vf_coef * clipped value loss, gradient clipping to `max_grad_norm`, one optimizer step per
@@ -29,10 +30,19 @@ the first rollout, every `eval_every` rollouts and after the last, under `gold_e
 Checkpoints (every `save_steps` rollouts) hold the policy and value weights, the optimizer, the
 schedule, the KL controller, the evaluation history and the RNG states; `resume` continues from the
 last one.
+
+Under `accelerate launch --num_processes W` a rollout is W x `batch_size` answers: process r takes the r-th
+share of the rollout's prompts and samples, scores and evaluates its own answers; advantage (and reward)
+whitening, the logged statistics and the KL controller use the whole rollout's (sums over the processes);
+the policy and value model are wrapped in DistributedDataParallel, so each optimizer step averages every
+process's gradients. When `batch_size` is a multiple of local_rollout_forward_batch_size, the answers are the
+ones a single process with W times the batch draws (the blocks' streams do not depend on who samples them).
+The main process evaluates, logs and saves; the others wait for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -52,6 +62,7 @@ from recipes.core.finite_loss import non_finite_error
 from recipes.core.generation import as_messages, generate_answers, render_prompts
 from recipes.core.kill_switch import kill_if_asked
 from recipes.core.rundir import check_checkpoint, complete_checkpoints, load_checkpoint_state, prune_checkpoints
+from recipes.core.seeds import stream_seed
 
 
 def token_values(value_model, input_ids, attention_mask) -> torch.Tensor:
@@ -122,7 +133,9 @@ class PPOTrainer(_BaseTrainer):
                          train_dataset=train_dataset)
         self.remove_callback(PrinterCallback)  # the loop prints its own line per rollout
         self.batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
-        self.num_rollouts = num_rollouts(args, len(self.prompts))
+        self.processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.global_batch_size = self.batch_size * self.processes  # answers per rollout, every process's
+        self.num_rollouts = num_rollouts(args, len(self.prompts), self.processes)
         self.create_optimizer_and_scheduler(num_training_steps=self.num_rollouts)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         device = self.accelerator.device
@@ -137,14 +150,30 @@ class PPOTrainer(_BaseTrainer):
     # Data
 
     def batch_indices(self, rollout: int) -> list[int]:
-        """The prompts of rollout `rollout` (0-based): a seeded shuffle per pass over the data, so a
-        resumed run draws the same prompts as an uninterrupted one."""
-        n, out, start = len(self.prompts), [], rollout * self.batch_size
-        while len(out) < self.batch_size:
+        """This process's prompts of rollout `rollout` (0-based): the rollout takes the next global_batch_size
+        prompts of a seeded shuffle per pass over the data (so a resumed run draws the same prompts as an
+        uninterrupted one), and process r the r-th share of them."""
+        n, out, start = len(self.prompts), [], rollout * self.global_batch_size
+        while len(out) < self.global_batch_size:
             epoch, offset = divmod(start + len(out), n)
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.args.seed * 1000003 + epoch))
-            out += order[offset:offset + self.batch_size - len(out)].tolist()
-        return out
+            out += order[offset:offset + self.global_batch_size - len(out)].tolist()
+        return out[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def total(self, x: torch.Tensor) -> torch.Tensor:
+        """x summed over the processes (x itself in one process)."""
+        return self.accelerator.reduce(x, reduction="sum") if self.processes > 1 else x
+
+    def over_processes(self, stats: dict, largest: tuple[str, ...] = ()) -> dict:
+        """Per-process means (each over as many answers or micro-batches as every other process's) made the
+        whole rollout's: the mean over the processes, or the largest for the keys in `largest`."""
+        if self.processes == 1:
+            return stats
+        keys = [k for k, v in stats.items() if v is not None]
+        gathered = self.accelerator.gather(torch.tensor([[stats[k] for k in keys]], dtype=torch.float64,
+                                                        device=self.accelerator.device))
+        return {**stats, **{k: float(gathered[:, i].max() if k in largest else gathered[:, i].mean())
+                            for i, k in enumerate(keys)}}
 
     # ------------------------------------------------------------------------------------------
     # The forward pass of rollout and update
@@ -188,10 +217,14 @@ class PPOTrainer(_BaseTrainer):
         indices = self.batch_indices(rollout)
         prompts = [self.prompts[i] for i in indices]
         self.policy.eval()
-        answers = generate_answers(self.policy, tokenizer, [as_messages(p) for p in prompts],
-                                   max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature,
-                                   top_k=0, top_p=1.0, batch_size=args.local_rollout_forward_batch_size,
-                                   seed=args.seed * 1000003 + rollout)
+        answers = []
+        chunk, first = args.local_rollout_forward_batch_size, self.rank * self.batch_size  # first: its global row
+        for block in range(first // chunk, -(-(first + self.batch_size) // chunk)):  # the blocks its rows lie in
+            lo, hi = max(block * chunk, first) - first, min((block + 1) * chunk, first + self.batch_size) - first
+            answers += generate_answers(self.policy, tokenizer, [as_messages(p) for p in prompts[lo:hi]],
+                                        max_new_tokens=args.response_length, do_sample=True,
+                                        temperature=args.temperature, top_k=0, top_p=1.0, batch_size=chunk,
+                                        seed=stream_seed(args.seed, "ppo rollout", rollout, block))
         input_ids, attention_mask, responses, mask, P = layout(
             [self.prompt_ids[i] for i in indices], [a.token_ids for a in answers], tokenizer.pad_token_id)
         input_ids, attention_mask, responses, mask = (t.to(device) for t in (input_ids, attention_mask, responses, mask))
@@ -205,20 +238,22 @@ class PPOTrainer(_BaseTrainer):
         rewards, kl = core.per_token_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value,
                                              args.kl_estimator)
         if args.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False, total=self.total)
         advantages, returns = core.gae(rewards, values, mask, args.gamma, args.lam)
-        advantages = core.masked_whiten(advantages, mask)
+        advantages = core.masked_whiten(advantages, mask, total=self.total)
         kl_k1 = core.kl_per_token(logprobs, ref_logprobs, "k1") * mask_f
         return dict(input_ids=input_ids, attention_mask=attention_mask, responses=responses, mask=mask, P=P,
                     logprobs=logprobs, values=values, advantages=advantages, returns=returns, stats={
-                        "reward": float(scores.mean()),
-                        "kl": float(kl_k1.sum(1).mean()),
-                        "kl_penalty": float((self.kl_ctl.value * kl).sum(1).mean()),
+                        **self.over_processes({  # means over answers: every process has as many
+                            "reward": float(scores.mean()),
+                            "kl": float(kl_k1.sum(1).mean()),
+                            "kl_penalty": float((self.kl_ctl.value * kl).sum(1).mean()),
+                            "missing_eos_rate": float((~ended).float().mean()),
+                            "length": float(mask_f.sum(1).mean()),
+                        }),
                         "kl_coef": self.kl_ctl.value,
-                        "missing_eos_rate": float((~ended).float().mean()),
-                        "length": float(mask_f.sum(1).mean()),
-                        "explained_variance": core.explained_variance(values, returns, mask),
-                        "value_mean": float(core.masked_mean(values, mask)),
+                        "explained_variance": core.explained_variance(values, returns, mask, total=self.total),
+                        "value_mean": float(core.masked_mean(values, mask, total=self.total)),
                     })
 
     # ------------------------------------------------------------------------------------------
@@ -237,18 +272,22 @@ class PPOTrainer(_BaseTrainer):
             order = torch.randperm(n, generator=generator)
             for m in range(args.num_mini_batches):
                 for start in range(m * minibatch, (m + 1) * minibatch, micro):
+                    last_micro = start + micro >= (m + 1) * minibatch
+                    # Processes average their gradients once per minibatch, at its last micro-batch.
+                    sync = contextlib.nullcontext() if last_micro else self.accelerator.no_sync(model)
                     idx = order[start:start + micro].to(batch["input_ids"].device)
                     mask = batch["mask"][idx]
-                    logprobs, entropy, values = self.forward_answers(
-                        model, batch["input_ids"][idx], batch["attention_mask"][idx], batch["responses"][idx], P)
-                    pg_loss, pg_stats = core.policy_loss(logprobs, batch["logprobs"][idx], batch["advantages"][idx],
-                                                         mask, args.cliprange)
-                    vf_loss, vf_stats = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
-                                                        args.cliprange_value)
-                    loss = pg_loss + args.vf_coef * vf_loss
-                    if not math.isfinite(loss.item()):  # stop before the optimizer spreads it into the weights
-                        raise non_finite_error("training loss", loss.item(), rollout + 1, self.checkpoints_dir)
-                    self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps
+                    with sync:
+                        logprobs, entropy, values = self.forward_answers(
+                            model, batch["input_ids"][idx], batch["attention_mask"][idx], batch["responses"][idx], P)
+                        pg_loss, pg_stats = core.policy_loss(logprobs, batch["logprobs"][idx],
+                                                             batch["advantages"][idx], mask, args.cliprange)
+                        vf_loss, vf_stats = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
+                                                            args.cliprange_value)
+                        loss = pg_loss + args.vf_coef * vf_loss
+                        if not math.isfinite(loss.item()):  # stop before the optimizer spreads it into the weights
+                            raise non_finite_error("training loss", loss.item(), rollout + 1, self.checkpoints_dir)
+                        self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps
                     stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                              "entropy": float(core.masked_mean(entropy, mask)),
                              **{k: float(v) for k, v in {**pg_stats, **vf_stats}.items()}}
@@ -267,7 +306,7 @@ class PPOTrainer(_BaseTrainer):
         out = {key: float(np.mean(values)) for key, values in sums.items() if key != "ratio_max_deviation"}
         out["ratio_max_deviation"] = max(sums["ratio_max_deviation"])
         out["first_minibatch_ratio_deviation"] = first_ratio_deviation
-        return out
+        return self.over_processes(out, largest=("ratio_max_deviation", "first_minibatch_ratio_deviation"))
 
     # ------------------------------------------------------------------------------------------
     # Evaluation, logging, checkpoints
@@ -275,8 +314,12 @@ class PPOTrainer(_BaseTrainer):
     def evaluate_policy(self, step: int) -> dict | None:
         if self.evaluator is None or (self.eval_history and self.eval_history[-1][0] == step):
             return None
-
+        if not self.accelerator.is_main_process:
+            self.eval_history.append((step, {}))  # the main process evaluates; the history's steps stay in step
+            self.accelerator.wait_for_everyone()
+            return None
         metrics, rows = self.evaluator.evaluate(self.policy)
+        self.accelerator.wait_for_everyone()
         if self.writer is not None:
             write(self.writer, metrics, rows, step)
         self.eval_history.append((step, metrics))
@@ -285,6 +328,11 @@ class PPOTrainer(_BaseTrainer):
         return metrics
 
     def save_checkpoint(self, step: int) -> None:
+        if self.accelerator.is_main_process:  # the processes' weights and optimizer states are the same
+            self.write_checkpoint(step)
+        self.accelerator.wait_for_everyone()
+
+    def write_checkpoint(self, step: int) -> None:
         path = self.checkpoints_dir / f"checkpoint-{step}"
         tmp = self.checkpoints_dir / f".checkpoint-{step}.tmp"
         if tmp.exists():
@@ -346,18 +394,19 @@ class PPOTrainer(_BaseTrainer):
             t0 = time.time()
             batch = self.rollout(rollout)
             stats = {**batch["stats"], **self.update(batch, rollout)}
-            self.kl_ctl.update(stats["kl"], self.batch_size)
+            self.kl_ctl.update(stats["kl"], self.global_batch_size)
             self.lr_scheduler.step()
             stats["learning_rate"] = self.lr_scheduler.get_last_lr()[0]
             stats["seconds"] = time.time() - t0
             self.state.global_step = step
-            self.state.episode = step * self.batch_size
+            self.state.episode = step * self.global_batch_size
             self.rollout_history.append({"step": step, **stats})
             self.log_rollout(stats, step)
-            print(f"rollout {step}/{self.num_rollouts}: reward {stats['reward']:+.3f}  kl {stats['kl']:.3f}  "
-                  f"clip {stats['clip_fraction']:.3f}  approx_kl {stats['approx_kl']:.4f}  "
-                  f"vf {stats['value_loss']:.3f}  ev {stats['explained_variance']:.2f}  "
-                  f"len {stats['length']:.1f}  ({stats['seconds']:.1f}s)", flush=True)
+            if self.accelerator.is_main_process:
+                print(f"rollout {step}/{self.num_rollouts}: reward {stats['reward']:+.3f}  kl {stats['kl']:.3f}  "
+                      f"clip {stats['clip_fraction']:.3f}  approx_kl {stats['approx_kl']:.4f}  "
+                      f"vf {stats['value_loss']:.3f}  ev {stats['explained_variance']:.2f}  "
+                      f"len {stats['length']:.1f}  ({stats['seconds']:.1f}s)", flush=True)
             self.control = self.callback_handler.on_step_end(args, self.state, self.control)
             if args.eval_every and step % args.eval_every == 0:
                 self.evaluate_policy(step)
@@ -381,11 +430,11 @@ def summary(history: list[dict], seconds: float) -> dict:
     return out
 
 
-def num_rollouts(args, dataset_size: int) -> int:
+def num_rollouts(args, dataset_size: int, processes: int = 1) -> int:
     """max_steps rollouts if set, else total_episodes (default num_train_epochs passes over the prompts)
-    divided by the rollout batch size."""
+    divided by the rollout batch size (of every process)."""
     if args.max_steps and args.max_steps > 0:
         return int(args.max_steps)
-    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches * processes
     episodes = args.total_episodes or int(args.num_train_epochs * dataset_size)
     return max(1, math.ceil(episodes / batch))

@@ -100,3 +100,36 @@ def test_best_of_n_on_two_processes_chooses_exactly_what_one_process_does(smoke_
     for key in ("gold_reward", "gold_gain", "best_proxy_reward", "kl", "tokens_generated", "reward_queries"):
         assert m2[key] == m1[key], key
     assert json.loads((two / "eval_per_prompt.json").read_text()) == json.loads((one / "eval_per_prompt.json").read_text())
+
+
+def ppo_scalars(run: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb")).Reload()
+    return {tag[len("ppo/"):]: {e.step: e.value for e in events.Scalars(tag)}
+            for tag in events.Tags()["scalars"] if tag.startswith("ppo/")}
+
+
+def test_ppo_on_two_processes_samples_what_one_process_of_twice_the_batch_does(smoke_reward, smoke_runs):
+    # Two processes of 4 answers per rollout against one of 8: with one sampling block of 4 answers each, the
+    # first rollout's answers are the same on both sides, so its reward, length and KL are equal, and so are
+    # its explained variance and mean value, which need the sums over both processes. After the first update
+    # the sides part (each process shuffles its own half into minibatches), so later rollouts are only alike.
+    common = ["align", "--method", "ppo", "--config", str(SMOKE / "align-ppo.yaml"), "--runs_root", str(smoke_runs),
+              "--local_rollout_forward_batch_size", "4", "--save_steps", "0"]
+    result = launch(common + ["--run_name", "align-ppo-ddp2", "--per_device_train_batch_size", "2"])
+    assert result.stdout.count("wrote ") == 1 and result.stdout.count("rollout 3/3") == 1
+    single = subprocess.run([sys.executable, "-m", "recipes.core.cli", *common, "--run_name", "align-ppo-ddp1",
+                             "--per_device_train_batch_size", "4"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr[-4000:]
+    two, one = (smoke_runs / "smoke" / f"align-ppo-ddp{k}" for k in (2, 1))
+    m2, m1 = metrics(two), metrics(one)
+    assert (m2["processes"], m1["processes"]) == (2, 1)
+    assert m2["rollout_batch_size"] == m1["rollout_batch_size"] == 8
+    assert m2["train_rollouts"] == m1["train_rollouts"] == 3 and m2["evaluations"] == m1["evaluations"] == 4
+    s2, s1 = ppo_scalars(two), ppo_scalars(one)
+    for key in ("reward", "length", "kl", "missing_eos_rate", "explained_variance", "value_mean"):
+        assert s2[key][1] == pytest.approx(s1[key][1], abs=1e-5), key
+    assert s2["first_minibatch_ratio_deviation"][1] <= 1e-6  # each process's first ratio is 1
+    assert s2["kl"][3] > 0 and s2["reward"][3] != s2["reward"][1]  # the policy moved, the same on both processes

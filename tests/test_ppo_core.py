@@ -157,3 +157,46 @@ def test_adaptive_kl_controller_moves_the_coefficient_toward_the_target():
     restored = core.AdaptiveKLController(1.0, 6.0, 10000)
     restored.load_state_dict(high.state_dict())
     assert restored.value == high.value
+
+
+def _whiten_on_shard(rank: int, world: int, port: int, x, mask, out):
+    """One of `world` gloo processes: whiten its shard of the rows with sums over every process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+
+    def total(t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    rows = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+    out[rows] = core.masked_whiten(x[rows], mask[rows], total=total)
+    out[len(x) + rank] = torch.full_like(x[0], core.explained_variance(x[rows] * 0.5, x[rows], mask[rows], total=total))
+    dist.destroy_process_group()
+
+
+def test_whitening_with_sums_over_two_processes_equals_whitening_the_whole_batch():
+    # What PPO under `accelerate launch` does with its advantages: two gloo processes, each holding half the
+    # rollout, whiten with the whole rollout's mean and variance, so the halves put together are the whole
+    # batch whitened at once; and each half's own statistics would not give that.
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 5) * 3 + torch.arange(6.0)[:, None]  # rows differ in mean: the halves' statistics differ
+    mask = (torch.rand(6, 5) > 0.3).long()
+    mask[:, 0] = 1
+    out = torch.zeros(8, 5).share_memory_()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_whiten_on_shard, args=(2, port, x, mask, out), nprocs=2)
+    whole = core.masked_whiten(x, mask)
+    assert torch.allclose(out[:6], whole, atol=1e-5)
+    halves = torch.cat([core.masked_whiten(x[:3], mask[:3]), core.masked_whiten(x[3:], mask[3:])])
+    assert not torch.allclose(halves, whole, atol=1e-2)  # local whitening is another thing
+    expected = core.explained_variance(x * 0.5, x, mask)
+    assert out[6, 0].item() == pytest.approx(expected, abs=1e-5) and out[7, 0].item() == pytest.approx(expected, abs=1e-5)

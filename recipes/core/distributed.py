@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-from recipes.core.errors import UserError
 
 
 def process_state():
@@ -43,11 +42,3 @@ def claim_run(run, start, process=None):
     if not process.is_main_process:
         run.follow()
     return result
-
-
-def require_one_process(what: str) -> None:
-    """Stop, in one line, a stage that is not written for several processes when it is launched on several."""
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if processes > 1:
-        raise UserError(f"{what} runs in one process, but was launched on {processes} (WORLD_SIZE); "
-                        "run it without `accelerate launch` or torchrun")
