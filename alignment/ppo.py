@@ -85,6 +85,9 @@ class PPOConfig(TrainerDefaults, _BaseConfig):
                                 "num_train_epochs passes over the prompts."})
     local_rollout_forward_batch_size: int = dataclasses.field(
         default=64, metadata={"help": "Batch size of generation and of the no-grad forward passes."})
+    cache_implementation: str | None = dataclasses.field(
+        default=None, metadata={"help": "Rollout sampling's cache, transformers' key: 'static' compiles the lab's "
+                                "decode step once per shape (docs/performance.md says when it pays); null: eager."})
 
     # TrainingArguments keys whose defaults change here.
     report_to: None | str | list[str] = dataclasses.field(

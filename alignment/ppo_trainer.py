@@ -160,6 +160,14 @@ class PPOTrainer(_BaseTrainer):
             out += order[offset:offset + self.global_batch_size - len(out)].tolist()
         return out[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
+    def block_seed(self, rollout: int, block: int) -> int:
+        """The stream of answers block*chunk .. (block+1)*chunk - 1 of a rollout, whichever process samples them.
+        Block 0 keeps the seed a rollout has always been sampled with, so a run whose rollout fits one block (the
+        recipes' PPO) draws what it drew before rollouts were shared out."""
+        if block == 0:
+            return self.args.seed * 1000003 + rollout
+        return stream_seed(self.args.seed, "ppo rollout", rollout, block)
+
     def total(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the processes (x itself in one process)."""
         return self.accelerator.reduce(x, reduction="sum") if self.processes > 1 else x
@@ -224,7 +232,8 @@ class PPOTrainer(_BaseTrainer):
             answers += generate_answers(self.policy, tokenizer, [as_messages(p) for p in prompts[lo:hi]],
                                         max_new_tokens=args.response_length, do_sample=True,
                                         temperature=args.temperature, top_k=0, top_p=1.0, batch_size=chunk,
-                                        seed=stream_seed(args.seed, "ppo rollout", rollout, block))
+                                        seed=self.block_seed(rollout, block),
+                                        cache_implementation=args.cache_implementation)
         input_ids, attention_mask, responses, mask, P = layout(
             [self.prompt_ids[i] for i in indices], [a.token_ids for a in answers], tokenizer.pad_token_id)
         input_ids, attention_mask, responses, mask = (t.to(device) for t in (input_ids, attention_mask, responses, mask))

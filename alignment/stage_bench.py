@@ -16,6 +16,13 @@ the two sides interleaved (GPT, Llama, Llama, GPT, ...) and each figure the medi
 The weights are random (scaled as base_model/bench.py scales them), so answers rarely end before the length
 budget and both sides sample about the same number of tokens; tokens sampled are reported so that a
 difference in work shows.
+
+A third side (not in `--quick`) runs the GPT with `cache_implementation: static`, the compiled decode step
+(base_model/static_decode.py): its warm speed as a ratio to the eager GPT's, the seconds spent compiling the
+shapes the stage sampled with (paid once per process, by whichever run met a shape first), and the run's time
+with that compiling added, against the eager run: what decides whether it pays. A fourth runs the GPT with
+`torch_compile: true` (transformers' key: the trained model's forward compiled, so the update's steps and the
+log-probability passes): each run compiles inside its own wall time, so its steps per second include it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 
 from alignment import ppo_trainer
 from alignment.ppo import PPOStageConfig
-from base_model import sampler, train_tokenizer
+from base_model import sampler, static_decode, train_tokenizer
 from base_model.bench import build_pair
 from base_model.hf import GPTForSequenceClassification
 from recipes.core.config import parse_config
@@ -40,8 +47,9 @@ from recipes.core.world import generate
 from reward import score
 
 SIZES = ("1M", "10M")
-FULL = dict(sizes=SIZES, steps=6, reps=3, batch=16, generations=8, completion_tokens=64)
-QUICK = dict(sizes=("tiny",), steps=2, reps=1, batch=4, generations=2, completion_tokens=8)
+FULL = dict(sizes=SIZES, steps=6, reps=3, batch=16, generations=8, completion_tokens=64, compiled=True)
+QUICK = dict(sizes=("tiny",), steps=2, reps=1, batch=4, generations=2, completion_tokens=8, compiled=False)
+COMPILED_SIDES = {"static": {"cache_implementation": "static"}, "compiled": {"torch_compile": True}}
 PARTS = ("sampling", "scoring", "updating")
 
 
@@ -78,7 +86,8 @@ def run_grpo(model_dir: Path, reward_dir: Path, prompts: list[str], settings: di
         output_dir=str(work), max_steps=settings["steps"], per_device_train_batch_size=settings["batch"],
         num_generations=settings["generations"], max_completion_length=settings["completion_tokens"],
         learning_rate=1e-5, beta=0.02, temperature=1.0, top_k=0, logging_steps=1, save_strategy="no",
-        report_to=[], bf16=False, use_cpu=True, gradient_checkpointing=False, seed=0, disable_tqdm=True)
+        report_to=[], bf16=False, use_cpu=True, gradient_checkpointing=False, seed=0, disable_tqdm=True,
+        cache_implementation=settings.get("cache_implementation"), torch_compile=settings.get("torch_compile", False))
     trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward], reward_processing_classes=[tokenizer],
                               args=config, train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
                               processing_class=tokenizer)
@@ -126,7 +135,10 @@ def run_ppo(model_dir: Path, reward_dir: Path, prompts: list[str], settings: dic
         "--per_device_train_batch_size", str(rollout_batch // 2), "--num_mini_batches", "2",
         "--gradient_accumulation_steps", "1", "--num_ppo_epochs", "2", "--max_steps", str(settings["steps"]),
         "--response_length", str(settings["completion_tokens"]), "--learning_rate", "1e-5", "--save_steps", "0",
-        "--eval_at_start", "false", "--eval_every", "0", "--seed", "0", "--runs_root", str(work)], "align")
+        "--eval_at_start", "false", "--eval_every", "0", "--seed", "0", "--runs_root", str(work),
+        *(["--cache_implementation", settings["cache_implementation"]] if settings.get("cache_implementation") else []),
+        *(["--torch_compile", "true"] if settings.get("torch_compile") else [])],
+        "align")
     config.output_dir = str(work)
 
     def proxy(prompt_rows, answers):
@@ -192,18 +204,25 @@ def bench_size(size: str, settings: dict, prompts: list[str], texts: list[str]) 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         gpt, llama, reward = build_models(size, tokenizer, Path(tmp))
+        sides = ("gpt", "llama", *COMPILED_SIDES) if settings["compiled"] else ("gpt", "llama")
         for stage, run in RUNNERS.items():
-            runs = {"gpt": [], "llama": []}
+            runs = {side: [] for side in sides}
+            calls_before = static_decode.shape_calls()
             for rep in range(settings["reps"]):
-                for side in (("gpt", "llama") if rep % 2 == 0 else ("llama", "gpt")):
+                for side in (sides if rep % 2 == 0 else sides[::-1]):
                     work = Path(tmp) / f"{stage}-{side}-{rep}"
-                    runs[side].append(counting_fast_sampler(run)(gpt if side == "gpt" else llama, reward, prompts,
-                                                                 settings, work))
-            rows.append(summarise(stage, size, settings, runs))
+                    side_settings = {**settings, **COMPILED_SIDES.get(side, {})}
+                    runs[side].append(counting_fast_sampler(run)(llama if side == "llama" else gpt, reward, prompts,
+                                                                 side_settings, work))
+            # The shapes this stage sampled with, and what compiling each cost (once per process, whichever
+            # stage met it first): the stage's share of the compiling a user pays.
+            used = [k for k, n in static_decode.shape_calls().items() if n > calls_before.get(k, 0)]
+            compiled = {k: static_decode.compile_seconds()[k] for k in used}
+            rows.append(summarise(stage, size, settings, runs, compiled))
     return rows
 
 
-def summarise(stage: str, size: str, settings: dict, runs: dict) -> dict:
+def summarise(stage: str, size: str, settings: dict, runs: dict, compiled: dict | None = None) -> dict:
     row = {"stage": stage, "size": size, "steps": settings["steps"], "batch": settings["batch"],
            "max_completion_length": settings["completion_tokens"]}
     if stage == "grpo":
@@ -215,6 +234,17 @@ def summarise(stage: str, size: str, settings: dict, runs: dict) -> dict:
     row["steps_per_s_ratio"] = row["gpt_steps_per_s"] / row["llama_steps_per_s"]
     for part in PARTS:
         row[f"{part}_ratio"] = row[f"llama_{part}_seconds"] / max(row[f"gpt_{part}_seconds"], 1e-9)
+    if "static" in runs:  # the median is the warm speed; a user's one run also pays the compiling of its shapes
+        row["static_ratio"] = row["static_steps_per_s"] / row["gpt_steps_per_s"]
+        row["static_sampling_ratio"] = row["gpt_sampling_seconds"] / max(row["static_sampling_seconds"], 1e-9)
+        row["static_compiled_shapes"] = compiled or {}
+        row["static_compile_seconds"] = sum((compiled or {}).values())
+        row["static_with_compile_seconds"] = row["static_seconds"] + row["static_compile_seconds"]
+        row["static_with_compile_ratio"] = row["gpt_seconds"] / row["static_with_compile_seconds"]
+    if "compiled" in runs:  # every run compiled its own model: its time includes the compiling
+        row["compiled_ratio"] = row["compiled_steps_per_s"] / row["gpt_steps_per_s"]
+        row["compiled_updating_ratio"] = row["gpt_updating_seconds"] / max(row["compiled_updating_seconds"], 1e-9)
+        row["compiled_first_run_seconds"] = runs["compiled"][0]["seconds"]
     return row
 
 
@@ -228,6 +258,27 @@ def print_table(rows: list[dict]) -> None:
         ratios = "".join(f"{r[f'{p}_ratio']:>8.2f}x" for p in PARTS)
         print(f"{r['stage']:>5} {r['size']:>5} {r['gpt_steps_per_s']:>11.3f} {r['llama_steps_per_s']:>7.3f} "
               f"{r['steps_per_s_ratio']:>5.2f}x   {'':>13}{shares}   {'':>8}{ratios}")
+    static = [r for r in rows if "static_ratio" in r]
+    if static:
+        print("\nThe GPT with cache_implementation: static (the compiled decode step) against the eager GPT")
+        print(f"{'stage':>5} {'size':>5} {'steps/s':>8} {'ratio':>6} {'sampling':>9}   {'compiling':>9} "
+              f"{'run + compiling':>15} {'ratio':>6}   verdict")
+        for r in static:
+            pays = r["static_with_compile_ratio"] > 1
+            print(f"{r['stage']:>5} {r['size']:>5} {r['static_steps_per_s']:>8.3f} {r['static_ratio']:>5.2f}x "
+                  f"{r['static_sampling_ratio']:>8.2f}x   {r['static_compile_seconds']:>8.1f}s "
+                  f"{r['static_with_compile_seconds']:>14.1f}s {r['static_with_compile_ratio']:>5.2f}x   "
+                  + ("pays over a run of these steps" if pays else "does not pay over a run of these steps: eager"))
+    compiled = [r for r in rows if "compiled_ratio" in r]
+    if compiled:
+        print("\nThe GPT with torch_compile: true (the trained model's forward compiled) against the eager GPT, "
+              "compiling included")
+        print(f"{'stage':>5} {'size':>5} {'steps/s':>8} {'ratio':>6} {'updating':>9}   verdict")
+        for r in compiled:
+            pays = r["compiled_ratio"] > 1
+            print(f"{r['stage']:>5} {r['size']:>5} {r['compiled_steps_per_s']:>8.3f} {r['compiled_ratio']:>5.2f}x "
+                  f"{r['compiled_updating_ratio']:>8.2f}x   "
+                  + ("pays over a run of these steps" if pays else "does not pay over a run of these steps: eager"))
 
 
 def cli(argv: list[str]) -> int:

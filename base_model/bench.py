@@ -24,8 +24,10 @@ greedy text is not one repeated token and argmax decisions are not near-ties bet
 implementations' rounding.
 
 On a GPU (`--device cuda`) the same figures are taken with the device synchronised before each clock
-read; memory is the CUDA allocator's peak above what was allocated before; `--compile` wraps both
-models in `torch.compile` for the training rows.
+read; memory is the CUDA allocator's peak above what was allocated before. `--compile` wraps both
+models in `torch.compile` for the training rows and adds the lab's compiled decode step
+(`cache_implementation: static`, base_model/static_decode.py; CUDA graphs on a GPU) to the generation
+rows, its tokens checked against `generate`'s and its compile time reported apart from its speed.
 """
 
 from __future__ import annotations
@@ -160,8 +162,13 @@ def bench_training(size: str, dtype: str, batch: int, seq_len: int, reps: int, d
     }
 
 
-def bench_generation(size: str, batch: int, new_tokens: int, reps: int, device: str = "cpu") -> dict:
+def bench_generation(size: str, batch: int, new_tokens: int, reps: int, device: str = "cpu",
+                     static: bool = False) -> dict:
+    """Greedy generation, the lab's sampler against `generate`; with `static`, the compiled decode step
+    (`cache_implementation="static"`) too, its first call (which compiles the shape) kept out of the timing."""
     import torch
+
+    from .static_decode import compile_seconds, sample_static
 
     ours, llama = build_pair(size, device=device)
     ours.eval(), llama.eval()
@@ -185,6 +192,9 @@ def bench_generation(size: str, batch: int, new_tokens: int, reps: int, device: 
         steps = {"ours": run("ours", lambda: sample(ours, ids, mask, **greedy)),
                  "generate": run("generate", lambda: llama.generate(input_ids=ids, attention_mask=mask,
                                                                     do_sample=False, **greedy))}
+        if static:
+            steps["static"] = run("static", lambda: sample_static(ours, ids, mask, **greedy))
+        compiled_before = compile_seconds()
         for step in steps.values():
             step()
         rates = _median_rates(steps, batch * new_tokens, reps, _sync(device))
@@ -196,6 +206,12 @@ def bench_generation(size: str, batch: int, new_tokens: int, reps: int, device: 
             "ours_peak_bytes": peak_bytes(steps["ours"], device),
             "generate_peak_bytes": peak_bytes(steps["generate"], device),
         }
+        if static:
+            result.update({
+                "static_tokens_per_s": rates["static"], "static_ratio": rates["static"] / rates["generate"],
+                "static_tokens_match": outputs["static"].tolist() == outputs["generate"].tolist(),
+                "static_compile_seconds": sum(v for k, v in compile_seconds().items() if k not in compiled_before),
+            })
     return result
 
 
@@ -224,6 +240,12 @@ def print_table(report: dict) -> None:
         print(f"  {r['size']:>4} batch {r['batch']:<3} x {r['new_tokens']:<4}   {r['ours_tokens_per_s']:10.0f}  "
               f"{r['generate_tokens_per_s']:14.0f}  {r['ratio']:5.2f}  {str(r['tokens_match']):>11}  "
               f"{_mib(r['ours_peak_bytes'])}/{_mib(r['generate_peak_bytes'])}")
+    static = [r for r in report["generate"] if "static_ratio" in r]
+    if static:
+        print("\ncompiled decode (cache_implementation: static)   tok/s  ratio to generate  same tokens  compile s")
+        for r in static:
+            print(f"  {r['size']:>4} batch {r['batch']:<3} x {r['new_tokens']:<4}   {r['static_tokens_per_s']:20.0f}  "
+                  f"{r['static_ratio']:17.2f}  {str(r['static_tokens_match']):>11}  {r['static_compile_seconds']:9.1f}")
 
 
 def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, threads, dtypes=("fp32", "bf16"),
@@ -257,7 +279,7 @@ def run_bench(sizes, batch, seq_len, reps, gen_batches, new_tokens, peak_size, t
             measure_peak(dtype)
             report["train"].append(bench_training(size, dtype, batch, seq_len, reps, device, compile))
         for b in gen_batches:
-            report["generate"].append(bench_generation(size, b, new_tokens, reps, device))
+            report["generate"].append(bench_generation(size, b, new_tokens, reps, device, static=compile))
     for dtype in dtypes:
         if peaks[dtype] == 0.0:
             measure_peak(dtype)
@@ -310,7 +332,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--dtypes", type=_dtype_list, default=["fp32", "bf16"],
                         help="training dtypes, comma-separated, of fp32, bf16 (default both)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models for the training rows")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models for the training rows, "
+                        "and add the compiled decode step (cache_implementation: static) to the generation rows")
     args = parser.parse_args(argv)
     defaults = dict(sizes="1M,10M", batch=16, seq_len=256, reps=5, gen_batches="1,8,64", new_tokens=128,
                     peak_size=PEAK_SIZE if args.device == "cpu" else GPU_PEAK_SIZE)
@@ -338,7 +361,7 @@ def cli(argv: list[str]) -> int:
     output.write_text(json.dumps(report, indent=2) + "\n")
     print_table(report)
     print(f"\nwrote {output}")
-    mismatched = [r for r in report["generate"] if not r["tokens_match"]]
+    mismatched = [r for r in report["generate"] if not r["tokens_match"] or not r.get("static_tokens_match", True)]
     if mismatched:
         raise UserError(f"{len(mismatched)} generation case(s) gave different tokens from generate "
                         f"(size {mismatched[0]['size']}, batch {mismatched[0]['batch']}); see {output}")

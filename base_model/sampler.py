@@ -23,7 +23,8 @@ the global RNG (or `generator`).
 `sample` is the entry point; `fast_path_ok` says whether a model can take it (our plain
 GPTForCausalLM, not one whose linear layers were wrapped, e.g. by PEFT's LoRA). `generate_fast`
 lets `GPTForCausalLM.generate` (what TRL's GRPO and RLOO call) take it when a call asks for nothing
-beyond plain greedy or sampled decoding; any other setting goes to transformers' `generate`.
+beyond plain greedy or sampled decoding; any other setting goes to transformers' `generate`. A call
+with `cache_implementation="static"` takes the compiled decode step instead (`static_decode.py`).
 """
 
 from __future__ import annotations
@@ -289,7 +290,8 @@ def generate_fast(model, inputs, generation_config, kwargs: dict):
     input_ids = model_kwargs.pop("input_ids", inputs)
     attention_mask = model_kwargs.pop("attention_mask", None)
     model_kwargs.pop("use_cache", None)
-    if model_kwargs or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or config.cache_implementation:
+    if model_kwargs or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or \
+            config.cache_implementation not in (None, "static"):
         return None
     defaults = GenerationConfig()
     defaults.update(**model.generation_config._get_default_generation_params(), defaults_only=True)
@@ -304,6 +306,10 @@ def generate_fast(model, inputs, generation_config, kwargs: dict):
     eos = config.eos_token_id
     pad = config.pad_token_id if config.pad_token_id is not None else (
         (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0)  # as generate: eos stands in for pad
-    return sample(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+    if config.cache_implementation == "static":  # transformers' name for a compiled decode over a static cache
+        from .static_decode import sample_static as decode
+    else:
+        decode = sample
+    return decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
                   pad_token_id=pad, do_sample=bool(config.do_sample), temperature=config.temperature or 1.0,
                   top_k=config.top_k or 0, top_p=1.0 if config.top_p is None else config.top_p)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 
-
 def process_state():
     """accelerate's PartialState, across every launched process (gloo on CPU, NCCL on GPUs)."""
     import torch

@@ -50,8 +50,9 @@ def render_prompts(tokenizer, prompts) -> list[list[int]]:
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, do_sample: bool = False,
                      temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch_size: int = 32,
-                     seed: int = 0) -> list[Answer]:
-    """One answer per prompt; sampling is seeded and leaves the caller's RNG state untouched."""
+                     seed: int = 0, cache_implementation: str | None = None) -> list[Answer]:
+    """One answer per prompt; sampling is seeded and leaves the caller's RNG state untouched.
+    `cache_implementation`: transformers' key; "static" takes the lab's compiled decode on its GPT."""
     was_training = model.training
     model.eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -60,6 +61,8 @@ def generate_answers(model, tokenizer, prompts, *, max_new_tokens: int = 64, do_
     # top_k=0 turns top-k off; None would let transformers 5 fall back to its default of 50.
     sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p) if do_sample \
         else dict(do_sample=False)
+    if cache_implementation is not None:
+        sampling["cache_implementation"] = cache_implementation
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for start in range(0, len(rendered), batch_size):
