@@ -87,7 +87,8 @@ class PPOConfig(TrainerDefaults, _BaseConfig):
         default=64, metadata={"help": "Batch size of generation and of the no-grad forward passes."})
     cache_implementation: str | None = dataclasses.field(
         default=None, metadata={"help": "Rollout sampling's cache, transformers' key: 'static' compiles the lab's "
-                                "decode step once per shape (docs/performance.md says when it pays); null: eager."})
+                                "decode step once per shape for its GPT (without LoRA; others get transformers' "
+                                "static cache); docs/performance.md says when it pays. null: eager."})
 
     # TrainingArguments keys whose defaults change here.
     report_to: None | str | list[str] = dataclasses.field(
@@ -181,7 +182,7 @@ def main(config: PPOStageConfig) -> dict:
         config, METHOD, parents, data={"train_prompts": len(prompts), "longest_prompt_tokens": longest}), process)
     latest = run.latest_checkpoint() if config.resume else None
     resume_from = step_of(latest) if latest is not None else 0
-    if config.resume and not resume_from:
+    if config.resume and not resume_from and process.is_main_process:
         print(f"no checkpoint in {run.checkpoints_dir}; starting from rollout 0")
     writer = (SummaryWriter(str(run.tb_dir), purge_step=resume_from + 1 if resume_from else None)
               if process.is_main_process else None)

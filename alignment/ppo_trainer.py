@@ -32,8 +32,9 @@ schedule, the KL controller, the evaluation history and the RNG states; `resume`
 last one.
 
 Under `accelerate launch --num_processes W` a rollout is W x `batch_size` answers: process r takes the r-th
-share of the rollout's prompts and samples, scores and evaluates its own answers; advantage (and reward)
-whitening, the logged statistics and the KL controller use the whole rollout's (sums over the processes);
+share of the rollout's prompts, samples and scores its own answers and takes their forward passes;
+advantage (and reward) whitening, the logged statistics and the KL controller use the whole rollout's (sums
+over the processes); a non-finite loss on any process stops every process;
 the policy and value model are wrapped in DistributedDataParallel, so each optimizer step averages every
 process's gradients. When `batch_size` is a multiple of local_rollout_forward_batch_size, the answers are the
 ones a single process with W times the batch draws (the blocks' streams do not depend on who samples them).
@@ -58,6 +59,7 @@ from trl.trainer.utils import disable_dropout_in_model, selective_log_softmax_an
 
 from alignment import ppo_core as core
 from alignment.evaluate import headline, write
+from recipes.core.errors import UserError
 from recipes.core.finite_loss import non_finite_error
 from recipes.core.generation import as_messages, generate_answers, render_prompts
 from recipes.core.kill_switch import kill_if_asked
@@ -160,17 +162,25 @@ class PPOTrainer(_BaseTrainer):
             out += order[offset:offset + self.global_batch_size - len(out)].tolist()
         return out[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
 
-    def block_seed(self, rollout: int, block: int) -> int:
-        """The stream of answers block*chunk .. (block+1)*chunk - 1 of a rollout, whichever process samples them.
-        Block 0 keeps the seed a rollout has always been sampled with, so a run whose rollout fits one block (the
-        recipes' PPO) draws what it drew before rollouts were shared out."""
-        if block == 0:
+    def block_seed(self, rollout: int, block: int, offset: int = 0) -> int:
+        """The stream of answers block*chunk .. (block+1)*chunk - 1 of a rollout, whichever process samples them
+        (`offset`: where in the block a process's share starts, when shares are not whole blocks). Block 0 keeps
+        the seed a rollout has always been sampled with, so a run whose rollout fits one block (the recipes' PPO)
+        draws what it drew before rollouts were shared out."""
+        if block == 0 and offset == 0:
             return self.args.seed * 1000003 + rollout
-        return stream_seed(self.args.seed, "ppo rollout", rollout, block)
+        return stream_seed(self.args.seed, "ppo rollout", rollout, block, offset)
 
     def total(self, x: torch.Tensor) -> torch.Tensor:
         """x summed over the processes (x itself in one process)."""
         return self.accelerator.reduce(x, reduction="sum") if self.processes > 1 else x
+
+    def finite_everywhere(self, value: float) -> bool:
+        """Whether `value` is finite on every process: all stop together, none is left waiting for the others."""
+        finite = math.isfinite(value)
+        if self.processes == 1:
+            return finite
+        return bool(self.total(torch.tensor(float(not finite), device=self.accelerator.device)) == 0)
 
     def over_processes(self, stats: dict, largest: tuple[str, ...] = ()) -> dict:
         """Per-process means (each over as many answers or micro-batches as every other process's) made the
@@ -228,11 +238,12 @@ class PPOTrainer(_BaseTrainer):
         answers = []
         chunk, first = args.local_rollout_forward_batch_size, self.rank * self.batch_size  # first: its global row
         for block in range(first // chunk, -(-(first + self.batch_size) // chunk)):  # the blocks its rows lie in
-            lo, hi = max(block * chunk, first) - first, min((block + 1) * chunk, first + self.batch_size) - first
+            start = max(block * chunk, first)  # a share that starts inside a block draws from a stream of its own
+            lo, hi = start - first, min((block + 1) * chunk, first + self.batch_size) - first
             answers += generate_answers(self.policy, tokenizer, [as_messages(p) for p in prompts[lo:hi]],
                                         max_new_tokens=args.response_length, do_sample=True,
                                         temperature=args.temperature, top_k=0, top_p=1.0, batch_size=chunk,
-                                        seed=self.block_seed(rollout, block),
+                                        seed=self.block_seed(rollout, block, start - block * chunk),
                                         cache_implementation=args.cache_implementation)
         input_ids, attention_mask, responses, mask, P = layout(
             [self.prompt_ids[i] for i in indices], [a.token_ids for a in answers], tokenizer.pad_token_id)
@@ -294,7 +305,7 @@ class PPOTrainer(_BaseTrainer):
                         vf_loss, vf_stats = core.value_loss(values, batch["values"][idx], batch["returns"][idx], mask,
                                                             args.cliprange_value)
                         loss = pg_loss + args.vf_coef * vf_loss
-                        if not math.isfinite(loss.item()):  # stop before the optimizer spreads it into the weights
+                        if not self.finite_everywhere(loss.item()):  # before the optimizer spreads it
                             raise non_finite_error("training loss", loss.item(), rollout + 1, self.checkpoints_dir)
                         self.accelerator.backward(loss)  # accelerate divides by gradient_accumulation_steps
                     stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
@@ -355,6 +366,7 @@ class PPOTrainer(_BaseTrainer):
             "kl_controller": self.kl_ctl.state_dict(),
             "eval_history": self.eval_history,
             "rollout_history": self.rollout_history,
+            "processes": self.processes,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }, tmp / "state.pt")
         if path.exists():
@@ -369,6 +381,9 @@ class PPOTrainer(_BaseTrainer):
             return 0
         check_checkpoint(done[-1])
         state = load_checkpoint_state(done[-1] / "state.pt")
+        if state.get("processes", 1) != self.processes:  # each rollout's prompts are shared out by the count
+            raise UserError(f"{done[-1]}: saved by a run on {state.get('processes', 1)} process(es), resumed on "
+                            f"{self.processes}; resume with the same number of processes")
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -19,10 +19,10 @@ difference in work shows.
 
 A third side (not in `--quick`) runs the GPT with `cache_implementation: static`, the compiled decode step
 (base_model/static_decode.py): its warm speed as a ratio to the eager GPT's, the seconds spent compiling the
-shapes the stage sampled with (paid once per process, by whichever run met a shape first), and the run's time
-with that compiling added, against the eager run: what decides whether it pays. A fourth runs the GPT with
-`torch_compile: true` (transformers' key: the trained model's forward compiled, so the update's steps and the
-log-probability passes): each run compiles inside its own wall time, so its steps per second include it.
+shapes the stage sampled with (paid once per process, by whichever run met a shape first). A fourth runs the GPT with `torch_compile: true` (transformers' key: the trained model's
+forward compiled, so the update's steps and the log-probability passes), each run compiling its own model: the
+median is the warm speed, the first run (from an empty in-process cache) less it the compiling. For both, the
+verdict is how many steps of a stage it takes for the time saved per step to pay for the compiling.
 """
 
 from __future__ import annotations
@@ -216,8 +216,10 @@ def bench_size(size: str, settings: dict, prompts: list[str], texts: list[str]) 
                                                                  side_settings, work))
             # The shapes this stage sampled with, and what compiling each cost (once per process, whichever
             # stage met it first): the stage's share of the compiling a user pays.
-            used = [k for k, n in static_decode.shape_calls().items() if n > calls_before.get(k, 0)]
-            compiled = {k: static_decode.compile_seconds()[k] for k in used}
+            calls = {k: n - calls_before.get(k, 0) for k, n in static_decode.shape_calls().items()}
+            compiled = {k: static_decode.compile_seconds().get(k, 0.0) for k, n in calls.items() if n > 0}
+            if "static" in sides and not compiled:
+                raise RuntimeError(f"{stage}: the static side never took the compiled decode step")
             rows.append(summarise(stage, size, settings, runs, compiled))
     return rows
 
@@ -234,18 +236,33 @@ def summarise(stage: str, size: str, settings: dict, runs: dict, compiled: dict 
     row["steps_per_s_ratio"] = row["gpt_steps_per_s"] / row["llama_steps_per_s"]
     for part in PARTS:
         row[f"{part}_ratio"] = row[f"llama_{part}_seconds"] / max(row[f"gpt_{part}_seconds"], 1e-9)
-    if "static" in runs:  # the median is the warm speed; a user's one run also pays the compiling of its shapes
-        row["static_ratio"] = row["static_steps_per_s"] / row["gpt_steps_per_s"]
-        row["static_sampling_ratio"] = row["gpt_sampling_seconds"] / max(row["static_sampling_seconds"], 1e-9)
+    if "static" in runs:  # the median is the warm speed; compiling was timed apart, once per shape
         row["static_compiled_shapes"] = compiled or {}
         row["static_compile_seconds"] = sum((compiled or {}).values())
-        row["static_with_compile_seconds"] = row["static_seconds"] + row["static_compile_seconds"]
-        row["static_with_compile_ratio"] = row["gpt_seconds"] / row["static_with_compile_seconds"]
-    if "compiled" in runs:  # every run compiled its own model: its time includes the compiling
-        row["compiled_ratio"] = row["compiled_steps_per_s"] / row["gpt_steps_per_s"]
-        row["compiled_updating_ratio"] = row["gpt_updating_seconds"] / max(row["compiled_updating_seconds"], 1e-9)
+        row["static_sampling_ratio"] = row["gpt_sampling_seconds"] / max(row["static_sampling_seconds"], 1e-9)
+    if "compiled" in runs:  # each run compiled its own model; the first, from an empty cache, took longest
         row["compiled_first_run_seconds"] = runs["compiled"][0]["seconds"]
+        row["compiled_compile_seconds"] = max(0.0, row["compiled_first_run_seconds"] - row["compiled_seconds"])
+        row["compiled_updating_ratio"] = row["gpt_updating_seconds"] / max(row["compiled_updating_seconds"], 1e-9)
+    return with_verdicts(row)
+
+
+def with_verdicts(row: dict) -> dict:
+    """For each compiled side: its warm speed against the eager GPT's, and after how many steps of a stage the
+    time it saves per step has paid for its compiling (none if it saves nothing)."""
+    eager_step = row["gpt_seconds"] / row["steps"]
+    for side in ("static", "compiled"):
+        if f"{side}_seconds" not in row:
+            continue
+        row[f"{side}_ratio"] = row["gpt_seconds"] / row[f"{side}_seconds"]
+        saved = eager_step - row[f"{side}_seconds"] / row["steps"]
+        row[f"{side}_break_even_steps"] = row[f"{side}_compile_seconds"] / saved if saved > 0 else None
     return row
+
+
+def verdict(steps: float | None) -> str:
+    return ("never: slower than eager, warm" if steps is None
+            else f"pays after ~{steps:,.0f} steps of a stage (compiling included)")
 
 
 def print_table(rows: list[dict]) -> None:
@@ -258,27 +275,18 @@ def print_table(rows: list[dict]) -> None:
         ratios = "".join(f"{r[f'{p}_ratio']:>8.2f}x" for p in PARTS)
         print(f"{r['stage']:>5} {r['size']:>5} {r['gpt_steps_per_s']:>11.3f} {r['llama_steps_per_s']:>7.3f} "
               f"{r['steps_per_s_ratio']:>5.2f}x   {'':>13}{shares}   {'':>8}{ratios}")
-    static = [r for r in rows if "static_ratio" in r]
-    if static:
-        print("\nThe GPT with cache_implementation: static (the compiled decode step) against the eager GPT")
-        print(f"{'stage':>5} {'size':>5} {'steps/s':>8} {'ratio':>6} {'sampling':>9}   {'compiling':>9} "
-              f"{'run + compiling':>15} {'ratio':>6}   verdict")
-        for r in static:
-            pays = r["static_with_compile_ratio"] > 1
-            print(f"{r['stage']:>5} {r['size']:>5} {r['static_steps_per_s']:>8.3f} {r['static_ratio']:>5.2f}x "
-                  f"{r['static_sampling_ratio']:>8.2f}x   {r['static_compile_seconds']:>8.1f}s "
-                  f"{r['static_with_compile_seconds']:>14.1f}s {r['static_with_compile_ratio']:>5.2f}x   "
-                  + ("pays over a run of these steps" if pays else "does not pay over a run of these steps: eager"))
-    compiled = [r for r in rows if "compiled_ratio" in r]
-    if compiled:
-        print("\nThe GPT with torch_compile: true (the trained model's forward compiled) against the eager GPT, "
-              "compiling included")
-        print(f"{'stage':>5} {'size':>5} {'steps/s':>8} {'ratio':>6} {'updating':>9}   verdict")
-        for r in compiled:
-            pays = r["compiled_ratio"] > 1
-            print(f"{r['stage']:>5} {r['size']:>5} {r['compiled_steps_per_s']:>8.3f} {r['compiled_ratio']:>5.2f}x "
-                  f"{r['compiled_updating_ratio']:>8.2f}x   "
-                  + ("pays over a run of these steps" if pays else "does not pay over a run of these steps: eager"))
+    for side, title, part in (
+            ("static", "cache_implementation: static (the compiled decode step)", "sampling"),
+            ("compiled", "torch_compile: true (the trained model's forward compiled)", "updating")):
+        chosen = [r for r in rows if f"{side}_ratio" in r]
+        if not chosen:
+            continue
+        print(f"\nThe GPT with {title} against the eager GPT: warm speed, compiling, and when it pays")
+        print(f"{'stage':>5} {'size':>5} {'steps/s':>8} {'ratio':>6} {part:>9}   {'compiling':>9}   verdict")
+        for r in chosen:
+            print(f"{r['stage']:>5} {r['size']:>5} {r[f'{side}_steps_per_s']:>8.3f} {r[f'{side}_ratio']:>5.2f}x "
+                  f"{r[f'{side}_{part}_ratio']:>8.2f}x   {r[f'{side}_compile_seconds']:>8.1f}s   "
+                  f"{verdict(r[f'{side}_break_even_steps'])}")
 
 
 def cli(argv: list[str]) -> int:

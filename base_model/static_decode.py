@@ -17,9 +17,11 @@ So a stage pays the compile once per (batch bucket, length bucket) it meets: `co
 long each took. Rows that end their turn stay in the batch (a static batch cannot shrink): at large batches
 with answers of uneven length that is wasted work the eager sampler does not do; `rlhf-lab bench` measures
 both. The prompt goes through the model's own forward pass, as in the eager sampler; token choice
-(`sampler._pick`) runs eagerly on the real rows only, so sampling draws what the eager sampler would draw
-from the same logits. Greedy tokens equal `generate`'s and the sampled distribution is the model's
-(tests/test_static_decode.py).
+(`sampler._pick`) runs eagerly on the real rows only, in the eager sampler's way (the two draw alike until a
+row ends, after which the eager sampler's smaller batch takes other numbers from the stream). Greedy tokens
+equal `generate`'s and the sampled distribution is the model's (tests/test_static_decode.py). A shape holds
+its KV cache for the life of the process, and the shapes of one model share one copy of its fused weights;
+`release()` frees them all.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import torch.nn.functional as F
 
 from .sampler import _Decoder, _pick, _rms_scale, fast_path_ok
 
-_shapes: dict[tuple, "_Shape"] = {}  # persistent per (model shape, device, dtype, batch bucket, length bucket)
+_weights: dict[tuple, _Decoder] = {}  # per (model shape, dtype, device): the fused weights its shapes share
+_shapes: dict[tuple, "_Shape"] = {}  # per (model shape, dtype, device, batch bucket, length bucket)
 _compile_seconds: dict[str, float] = {}  # shape label -> seconds its first call took (the compile)
 _calls: dict[str, int] = {}  # shape label -> calls (sample_static calls that used it)
 
@@ -57,9 +60,15 @@ def shape_calls() -> dict[str, int]:
     return dict(_calls)
 
 
+def release() -> None:
+    """Free every shape's KV cache and the weight copies (a later call compiles again, from Inductor's cache)."""
+    _shapes.clear()
+    _weights.clear()
+
+
 def _step(token, pos, cos, sin, bias, embed, head, eps_head: float, weights, keys, values, eps, H: int, K: int, D: int):
     """One token per row through every layer, over a static cache. token (B,), pos (1,) the cache position written,
-    cos/sin (B, 1, D), bias (B, 1, 1, L) additive, keys/values per layer (B, K, L, D). Float logits (B, vocab)."""
+    cos/sin (B, 1, 1, D), bias (B, 1, 1, L) additive, keys/values per layer (B, K, L, D). Float logits (B, vocab)."""
     B, L = token.shape[0], keys[0].shape[2]
     bias.index_fill_(3, pos, 0.0)  # the new token's own position becomes visible
     x = F.embedding(token, embed)  # (B, C)
@@ -83,11 +92,11 @@ def _step(token, pos, cos, sin, bias, embed, head, eps_head: float, weights, key
 class _Shape:
     """The buffers and the compiled step of one (model shape, batch bucket, length bucket)."""
 
-    def __init__(self, decoder: _Decoder, batch: int, length: int, label: str):
+    def __init__(self, decoder: _Decoder, weights: _Decoder, batch: int, length: int, label: str):
         self.batch, self.length, self.label = batch, length, label
-        self.decoder = decoder  # its KVCache (batch x length) and fused weights; weights re-copied per call
-        decoder.embed = decoder.embed.detach().clone()  # the model's own tensor otherwise: load() would write into it
-        decoder.model = None  # each call's model runs its prompt (load); the shape keeps no model alive
+        self.decoder = decoder  # its own KVCache (batch x length); the weights are the model's shared copies
+        decoder.embed, decoder.head, decoder.layers = weights.embed, weights.head, weights.layers
+        decoder.model = None  # each call's model runs its prompt; the shape keeps no model alive
         self.bias = torch.empty(batch, 1, 1, length, dtype=decoder.embed.dtype, device=decoder.embed.device)
         self.pos = torch.zeros(1, dtype=torch.long, device=decoder.embed.device)
         cuda = decoder.embed.device.type == "cuda"
@@ -97,20 +106,8 @@ class _Shape:
             self.step = torch.compile(_step, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
         self.compiled = False
         if cuda:  # the cache, bias and weights keep their addresses between calls: what a CUDA graph replays
-            for t in [*decoder.cache.k, *decoder.cache.v, self.bias, self.pos, *self.weight_tensors()]:
+            for t in [*decoder.cache.k, *decoder.cache.v, self.bias, self.pos, *_weight_tensors(weights)]:
                 torch._dynamo.mark_static_address(t)
-
-    def weight_tensors(self):
-        d = self.decoder
-        return [d.embed, d.head] + [t for layer in d.layers for t in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-
-    def load(self, model) -> None:
-        """This call's model, and its weights into the shape's buffers (a trained policy has new ones)."""
-        self.decoder.model = model
-        fresh = _Decoder(model, 1, 1)
-        for old, new in zip(self.weight_tensors(), [fresh.embed, fresh.head] + [
-                t for layer in fresh.layers for t in (layer.qkv, layer.o, layer.gate_up, layer.down)]):
-            old.copy_(new)
 
     def run(self, token, cos, sin):
         d = self.decoder
@@ -126,17 +123,32 @@ class _Shape:
         return logits
 
 
+def _weight_tensors(d: _Decoder) -> list:
+    return [d.embed, d.head] + [t for layer in d.layers for t in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+
+
 def _shape_for(model, batch: int, length: int) -> _Shape:
+    """The compiled shape for this call, its model's weights copied into the buffers every shape of it shares (a
+    trained policy has new ones; the buffers keep their addresses)."""
     cfg = model.config
-    key = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-           cfg.intermediate_size, cfg.vocab_size, cfg.rope_theta, model.dtype, str(model.lm_head.weight.device),
-           batch, length)
+    model_key = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
+                 cfg.head_dim, cfg.intermediate_size, cfg.vocab_size, cfg.rope_theta, cfg.rms_norm_eps, model.dtype,
+                 str(model.lm_head.weight.device))
+    fresh = _Decoder(model, 1, 1)  # this call's fused weights (the embedding is the model's own tensor)
+    if model_key not in _weights:
+        fresh.embed = fresh.embed.detach().clone()  # a buffer of its own: later calls copy into it
+        _weights[model_key] = fresh
+    else:
+        for buffer, new in zip(_weight_tensors(_weights[model_key]), _weight_tensors(fresh)):
+            buffer.copy_(new)
+    key = (*model_key, batch, length)
     if key not in _shapes:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # one graph per shape
-        label = f"hidden {cfg.hidden_size} x {cfg.num_hidden_layers} layers, batch {batch} x length {length}"
-        _shapes[key] = _Shape(_Decoder(model, batch, length), batch, length, label)
+        label = (f"hidden {cfg.hidden_size} x {cfg.num_hidden_layers} layers, {str(model.dtype)[6:]} on "
+                 f"{model.lm_head.weight.device.type}, batch {batch} x length {length}")
+        _shapes[key] = _Shape(_Decoder(model, batch, length), _weights[model_key], batch, length, label)
     shape = _shapes[key]
-    shape.load(model)
+    shape.decoder.model = model  # runs the prompt; let go after it
     _calls[shape.label] = _calls.get(shape.label, 0) + 1
     return shape
 

@@ -189,3 +189,24 @@ def test_a_crafted_checkpoint_state_is_refused_not_run(stage, state_name, smoke_
     line = err.strip().splitlines()[-1]  # after the models' loading bars
     assert f"error: {state}: refused to load" in line and "posix.system" in line, line
     assert not marker.exists()
+
+
+def test_ppo_refuses_to_resume_on_another_number_of_processes(smoke_reward, smoke_runs, capsys):
+    """Each rollout's prompts are shared out by the number of processes: a checkpoint saved by two processes is
+    not resumed by one, with one line saying so."""
+    parents = {"pretrain": smoke_runs / "smoke/pretrain/model", "sft": smoke_runs / "smoke/sft/model",
+               "reward": smoke_runs / "smoke/reward/model"}
+    command = [part.format(**parents) for part in CASES["ppo"][0]] + ["--runs_root", str(smoke_runs),
+                                                                       "--recipe", "processes-ppo"]
+    child = subprocess.run([sys.executable, "-m", "recipes.core.cli", *command], cwd=REPO, capture_output=True,
+                           env={**os.environ, KILL_ENV: "3"}, timeout=300)
+    assert child.returncode == -9
+    checkpoints = smoke_runs / "processes-ppo" / "align-ppo" / "checkpoints"
+    state_file = checkpoints / f"checkpoint-{completed_checkpoints(checkpoints)[-1]}" / "state.pt"
+    state = torch.load(state_file, weights_only=False)
+    assert state["processes"] == 1
+    torch.save({**state, "processes": 2}, state_file)
+    capsys.readouterr()
+    assert rlhf_lab(command + ["--resume"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: {checkpoints}" in line and "saved by a run on 2 process(es), resumed on 1" in line, line

@@ -56,7 +56,7 @@ def test_one_compile_per_shape_reused_after_the_weights_change():
     ours = sample_static(model, ids, mask, max_new_tokens=20, pad_token_id=PAD, eos_token_id=EOS)
     assert ours.tolist() == sample(model, ids, mask, max_new_tokens=20, pad_token_id=PAD, eos_token_id=EOS).tolist()
     assert counters["stats"]["unique_graphs"] == graphs  # the same compiled graph, new weights
-    label = "hidden 64 x 2 layers, batch 64 x length 64"
+    label = "hidden 64 x 2 layers, float32 on cpu, batch 64 x length 64"
     assert static_decode.compile_seconds()[label] > 0 and static_decode.shape_calls()[label] >= 2
 
 

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import os
 
+# How long a process waits for the others at a collective. Stages that evaluate on the main process alone
+# (PPO, best-of-n) keep the others waiting for a whole evaluation, which at a GPU recipe's scale (a judge
+# over hundreds of prompts) can pass NCCL's default of 10 minutes.
+PROCESS_GROUP_TIMEOUT_S = 2 * 3600
+
 
 def process_state():
     """accelerate's PartialState, across every launched process (gloo on CPU, NCCL on GPUs)."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
     on_cpu = not torch.cuda.is_available()
     if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")  # what transformers' TrainingArguments reads
-    return PartialState(cpu=on_cpu)
+    return PartialState(cpu=on_cpu, timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
 
 
 def end_processes() -> None:
