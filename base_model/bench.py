@@ -46,6 +46,7 @@ from .export import to_llama
 from .flops import flops_per_token, measure_matmul_peak
 from .hf import GPTConfig, GPTForCausalLM
 from .sampler import sample
+from .static_decode import compile_seconds, sample_static
 
 SIZES = {  # the name is the rough parameter count; the exact one is in the JSON
     "tiny": dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
@@ -167,8 +168,6 @@ def bench_generation(size: str, batch: int, new_tokens: int, reps: int, device: 
     """Greedy generation, the lab's sampler against `generate`; with `static`, the compiled decode step
     (`cache_implementation="static"`) too, its first call (which compiles the shape) kept out of the timing."""
     import torch
-
-    from .static_decode import compile_seconds, sample_static
 
     ours, llama = build_pair(size, device=device)
     ours.eval(), llama.eval()

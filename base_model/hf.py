@@ -18,8 +18,15 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
-from .model import Block, RMSNorm, attention_mask_4d, positions_from_mask, residual_std, rope_cos_sin
-from .sampler import generate_fast
+from .generate_route import generate_fast
+from .model import (
+    Block,
+    RMSNorm,
+    attention_mask_4d,
+    positions_from_mask,
+    residual_std,
+    rope_cos_sin,
+)
 
 # transformers 5.24 renamed the KV cache, argument and output field alike, from `past_key_values` to `cache`;
 # its `generate` passes `cache=` and reads `outputs["cache"]`, while 5.0-5.23 use only `past_key_values`. The
@@ -196,7 +203,7 @@ class GPTForCausalLM(GPTPreTrainedModel, GenerationMixin):
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """transformers' `generate`, except that plain greedy or sampled decoding (what TRL's GRPO and
         RLOO ask for) runs on the lab's sampler: same tokens, same distribution, several times faster
-        on a CPU. See `sampler.generate_fast` for what counts as plain."""
+        on a CPU. See `generate_route.generate_fast` for what counts as plain."""
         out = generate_fast(self, inputs, generation_config, kwargs)
         return out if out is not None else super().generate(inputs, generation_config, **kwargs)
 

@@ -23,8 +23,8 @@ the global RNG (or `generator`).
 `sample` is the entry point; `fast_path_ok` says whether a model can take it (our plain
 GPTForCausalLM, not one whose linear layers were wrapped, e.g. by PEFT's LoRA). `generate_fast`
 lets `GPTForCausalLM.generate` (what TRL's GRPO and RLOO call) take it when a call asks for nothing
-beyond plain greedy or sampled decoding; any other setting goes to transformers' `generate`. A call
-with `cache_implementation="static"` takes the compiled decode step instead (`static_decode.py`).
+beyond plain greedy or sampled decoding (`generate_route.py`); any other setting goes to transformers'
+`generate`. A call with `cache_implementation="static"` takes the compiled decode step (`static_decode.py`).
 """
 
 from __future__ import annotations
@@ -212,6 +212,19 @@ def _pick(logits, do_sample: bool, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
+def checked_inputs(model, input_ids, attention_mask, do_sample: bool, temperature: float, sampler: str):
+    """The prompts on the model's device and their real-token mask (bool), once the model and settings are ones
+    the lab's samplers take."""
+    if not fast_path_ok(model):
+        raise TypeError(f"{type(model).__name__}: the {sampler} takes a plain GPTForCausalLM (see fast_path_ok)")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    device = model.lm_head.weight.device
+    input_ids = input_ids.to(device)
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    return input_ids, real
+
+
 @torch.no_grad()  # not inference_mode: TRL trains on the returned ids, which must be ordinary tensors
 def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_token_id=None, pad_token_id: int = 0,
            do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -221,14 +234,9 @@ def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_to
     A row that produced a token of `eos_token_id` (an int or a list) is finished: later positions hold
     `pad_token_id`; generation stops when every row is finished.
     """
-    if not fast_path_ok(model):
-        raise TypeError(f"{type(model).__name__}: the fast sampler takes a plain GPTForCausalLM (see fast_path_ok)")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    input_ids, real = checked_inputs(model, input_ids, attention_mask, do_sample, temperature, "fast sampler")
     B, P = input_ids.shape
-    device = model.lm_head.weight.device
-    input_ids = input_ids.to(device)
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    device = input_ids.device
     if max_new_tokens <= 0:
         return input_ids
     decoder = _Decoder(model, B, P + max_new_tokens)
@@ -269,47 +277,3 @@ def sample(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_to
             bias = bias.view(-1, K, 1, bias.shape[-1])[keep].view(-1, 1, bias.shape[-1])
         logits = decoder.step(token, cos[:, step], sin[:, step], bias[:, :, : P + step + 1] if padded else None)
     return torch.cat([input_ids, out[:, :steps]], dim=1)
-
-
-# generate() settings the sampler implements. Any other setting that differs from transformers'
-# defaults (beams, penalties, min_p, logits processors, streamers, scores in the output, several
-# sequences per prompt, ...) sends the call to transformers' own generate.
-_HANDLED = {"max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "eos_token_id",
-            "pad_token_id", "bos_token_id", "use_cache", "disable_compile", "cache_implementation",
-            "output_attentions", "output_hidden_states", "_from_model_config", "transformers_version"}
-
-
-def generate_fast(model, inputs, generation_config, kwargs: dict):
-    """What `model.generate(inputs, generation_config, **kwargs)` returns, from the fast sampler; or None
-    when the call needs something only transformers' generate does (the caller then runs that)."""
-    from transformers import GenerationConfig
-
-    if not fast_path_ok(model) or kwargs.get("use_cache") is False:
-        return None
-    config, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
-    input_ids = model_kwargs.pop("input_ids", inputs)
-    attention_mask = model_kwargs.pop("attention_mask", None)
-    model_kwargs.pop("use_cache", None)
-    if model_kwargs or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or \
-            config.cache_implementation not in (None, "static"):
-        return None
-    defaults = GenerationConfig()
-    defaults.update(**model.generation_config._get_default_generation_params(), defaults_only=True)
-    defaults = defaults.to_dict()
-    for key, value in config.to_dict().items():
-        if key not in _HANDLED and value != defaults.get(key) and (value or defaults.get(key)):
-            return None
-    if config.max_new_tokens is not None:
-        max_new_tokens = config.max_new_tokens
-    else:
-        max_new_tokens = config.max_length - input_ids.shape[1]
-    eos = config.eos_token_id
-    pad = config.pad_token_id if config.pad_token_id is not None else (
-        (eos[0] if isinstance(eos, list) else eos) if eos is not None else 0)  # as generate: eos stands in for pad
-    if config.cache_implementation == "static":  # transformers' name for a compiled decode over a static cache
-        from .static_decode import sample_static as decode
-    else:
-        decode = sample
-    return decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                  pad_token_id=pad, do_sample=bool(config.do_sample), temperature=config.temperature or 1.0,
-                  top_k=config.top_k or 0, top_p=1.0 if config.top_p is None else config.top_p)

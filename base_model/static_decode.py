@@ -31,7 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .sampler import _Decoder, _pick, _rms_scale, fast_path_ok
+from .sampler import _Decoder, _pick, _rms_scale, checked_inputs
 
 _weights: dict[tuple, _Decoder] = {}  # per (model shape, dtype, device): the fused weights its shapes share
 _shapes: dict[tuple, "_Shape"] = {}  # per (model shape, dtype, device, batch bucket, length bucket)
@@ -153,19 +153,14 @@ def _shape_for(model, batch: int, length: int) -> _Shape:
     return shape
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode, as sampler.sample: TRL trains on the returned ids
 def sample_static(model, input_ids, attention_mask=None, *, max_new_tokens: int, eos_token_id=None,
                   pad_token_id: int = 0, do_sample: bool = False, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """`sampler.sample`'s contract (left-padded prompts (B, P) in, (B, P + steps) out) through the compiled step."""
-    if not fast_path_ok(model):
-        raise TypeError(f"{type(model).__name__}: the static sampler takes a plain GPTForCausalLM (see fast_path_ok)")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+    input_ids, real = checked_inputs(model, input_ids, attention_mask, do_sample, temperature, "static sampler")
     B, P = input_ids.shape
-    device = model.lm_head.weight.device
-    input_ids = input_ids.to(device)
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
+    device = input_ids.device
     if max_new_tokens <= 0:
         return input_ids
     Bb, L = batch_bucket(B), length_bucket(P + max_new_tokens)
