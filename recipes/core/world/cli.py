@@ -1,7 +1,10 @@
 """`rlhf-lab world`: write the gold world to a directory, or show what it looks like.
 
-    rlhf-lab world --out DIR [--size smoke|default] [--seed N] [--shapes world|hub]
-    rlhf-lab world show [--size smoke|default] [--seed N] [-n K]
+    rlhf-lab world --out DIR [--size smoke|default] [--seed N] [--shapes world|hub] [--length_bias B ...]
+    rlhf-lab world show [--size smoke|default] [--seed N] [-n K] [--length_bias B ...]
+
+The annotator biases (--length_bias, --sycophancy_bias, --position_bias, --group_disagreement; see
+annotators.py) are the keys of a world source: `world:preferences?size=default&length_bias=0.05`.
 """
 
 import argparse
@@ -12,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 from ..errors import UserError
+from .annotators import Biases, parse_biases
 from .generate import generate
 from .gold import gold_reward
 from .hub_shapes import write_hub_shaped
@@ -31,6 +35,12 @@ def _parser(show: bool) -> argparse.ArgumentParser:
                             "real recipes name (TinyStories, UltraChat, UltraFeedback, HH), gold columns removed")
     parser.add_argument("--size", choices=sorted(SIZES), default="smoke" if show else "default")
     parser.add_argument("--seed", type=int, default=0)
+    helps = {"length_bias": "annotators' utility per world token of an answer (longer answers preferred)",
+             "sycophancy_bias": "annotators' utility when an answer flatters or agrees with the user",
+             "position_bias": "logit added for the answer shown first",
+             "group_disagreement": "spread of the annotator groups' weights on the gold terms (0: one group)"}
+    for key in Biases.keys():
+        parser.add_argument(f"--{key}", type=float, default=0.0, help=helps[key] + "; default 0: off")
     if show:
         parser.add_argument("-n", type=int, default=3, help="samples of each kind")
     return parser
@@ -39,9 +49,10 @@ def _parser(show: bool) -> argparse.ArgumentParser:
 def cli(argv: list[str]) -> int:
     show = bool(argv) and argv[0] == "show"
     args = _parser(show).parse_args(argv[1:] if show else argv)
+    biases = parse_biases({key: str(getattr(args, key)) for key in Biases.keys() if getattr(args, key)}, "flags")
     if show:
         with tempfile.TemporaryDirectory() as tmp:
-            generate(tmp, size=args.size, seed=args.seed)
+            generate(tmp, size=args.size, seed=args.seed, biases=biases)
             print(render(Path(tmp), args.n, args.seed))
         return 0
     out = Path(args.out)
@@ -49,11 +60,14 @@ def cli(argv: list[str]) -> int:
         # Never overwrite: a directory with files in it may hold someone's edited data.
         raise UserError(f"{args.out}: already exists and is not empty; expected a new or empty --out directory")
     if args.shapes == "hub":
+        if biases.any():
+            raise UserError("--shapes hub writes the hub datasets' shapes without the annotators' columns; "
+                            "expected no bias flags with it")
         with tempfile.TemporaryDirectory() as tmp:
             counts = write_hub_shaped(out, size=args.size, seed=args.seed, tmp=Path(tmp))
         print(f"wrote {args.out}: " + ", ".join(f"{name} ({n} rows)" for name, n in counts.items()))
         return 0
-    stats = generate(out, size=args.size, seed=args.seed)
+    stats = generate(out, size=args.size, seed=args.seed, biases=biases)
     print(summary(stats, args.out))
     return 0
 
@@ -107,4 +121,12 @@ def summary(stats: dict, out_dir) -> str:
     lines.append(f"annotators: agreement with gold {a['measured_agreement']:.3f} (Bradley-Terry expects "
                  f"{a['expected_agreement']:.3f} +- {a['standard_error']:.3f}), noise ceiling {a['noise_ceiling']:.3f}, "
                  f"T={stats['annotators']['bt_temperature']}, flips {stats['annotators']['flip_rate']}")
+    effects = stats["annotators"].get("bias_effects")
+    if effects:
+        on = ", ".join(f"{k} {v}" for k, v in stats["annotators"]["biases"].items() if v)
+        parts = [f"{what} answer chosen in {effects['chosen_' + what]:.1%} (expected {effects['expected_chosen_' + what]:.1%}, "
+                 f"{effects[what + '_pairs']} pairs)" for what in ("longer", "flattering") if effects[what + "_pairs"]]
+        parts.append(f"first-shown answer chosen in {effects['chosen_shown_first']:.1%} "
+                     f"(expected {effects['expected_chosen_shown_first']:.1%})")
+        lines.append(f"biased annotators ({on}): " + "; ".join(parts))
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from . import annotators, personas
+from .annotators import GROUPS, Annotators, Biases, answer_tokens, flatters
 from .corpus import corpus_text
 from .families import all_families
 from .gold import gold_reward
@@ -90,26 +91,37 @@ def sft_rows(prompts, rng) -> list[dict]:
     return rows
 
 
-def preference_rows(prompts, rng, spec: WorldSize) -> tuple[list[dict], list]:
+def preference_rows(prompts, rng, annotators: Annotators, group_rng) -> tuple[list[dict], list]:
     rows, labels = [], []
+    biases = annotators.biases
     for family, prompt, facts in prompts:
         for _ in range(10):  # redraw personas on a tie: a tie has no gold order to label
             persona_a, persona_b = rng.sample(personas.eligible(family, facts), 2)
             answer_a = personas.answer(persona_a, family, facts, rng)
             answer_b = personas.answer(persona_b, family, facts, rng)
-            gold_a, gold_b = gold_reward(prompt, answer_a).total, gold_reward(prompt, answer_b).total
+            score_a, score_b = gold_reward(prompt, answer_a), gold_reward(prompt, answer_b)
+            gold_a, gold_b = score_a.total, score_b.total
             if gold_a != gold_b:
                 break
         else:
             continue
-        label = annotators.label(gold_a, gold_b, rng, spec.bt_temperature, spec.flip_rate)
+        # The group comes from a stream of its own, so the answers drawn after it are the same with or without groups.
+        group = group_rng.randrange(len(GROUPS)) if biases.group_disagreement else None
+        label = annotators.label((score_a.terms, score_b.terms), (answer_a, answer_b), (gold_a, gold_b), rng, group)
+        extra = {}
+        if biases.any():
+            extra = {"annotator_group": group, "biases_applied": biases.applied(answer_a, answer_b, group),
+                     "shown_first": "chosen" if label.a_preferred else "rejected"}
         if not label.a_preferred:
             persona_a, persona_b, answer_a, answer_b, gold_a, gold_b = persona_b, persona_a, answer_b, answer_a, gold_b, gold_a
+        if biases.any():
+            for side, text in (("chosen", answer_a), ("rejected", answer_b)):
+                extra[f"tokens_{side}"], extra[f"flatters_{side}"] = answer_tokens(text), flatters(text)
         labels.append(label)
         rows.append({"prompt": user(prompt), "chosen": assistant(answer_a), "rejected": assistant(answer_b),
                      "family": family.NAME, "gold_chosen": gold_a, "gold_rejected": gold_b,
                      "persona_chosen": persona_a, "persona_rejected": persona_b, "flipped": label.flipped,
-                     "label_agrees_with_gold": label.agrees_with_gold, "p_agree": round(label.p_agree, 6)})
+                     "label_agrees_with_gold": label.agrees_with_gold, "p_agree": round(label.p_agree, 6), **extra})
     return rows, labels
 
 
@@ -166,8 +178,11 @@ def persona_table(prompts, rng) -> dict:
     }
 
 
-def generate(out_dir, size: str = "default", seed: int = 0, kinds=KINDS) -> dict:
-    """Write the world into `out_dir` and return its stats (also written to stats.json)."""
+def generate(out_dir, size: str = "default", seed: int = 0, kinds=KINDS, biases: Biases = Biases()) -> dict:
+    """Write the world into `out_dir` and return its stats (also written to stats.json).
+
+    `biases` are the preference annotators' (annotators.py); the other kinds do not depend on them.
+    """
     start = time.perf_counter()
     spec, out = world_size(size), Path(out_dir)
     stats = {"size": size, "seed": seed, "generator_version": GENERATOR_VERSION, "files": {}}
@@ -187,16 +202,22 @@ def generate(out_dir, size: str = "default", seed: int = 0, kinds=KINDS) -> dict
         stats["personas"] = persona_table(table_prompts, stream(seed, "persona-table"))
 
     if "preferences" in kinds:
-        all_labels = []
+        all_labels, all_rows = [], []
+        labelling = Annotators(spec.bt_temperature, spec.flip_rate, biases)
         for split in SPLITS:
             prompts = sample_prompts(stream(seed, "preferences", split, "prompts"),
                                      split_rows(spec, spec.preference_pairs, split))
-            rows, labels = preference_rows(prompts, stream(seed, "preferences", split, "answers"), spec)
+            rows, labels = preference_rows(prompts, stream(seed, "preferences", split, "answers"), labelling,
+                                           stream(seed, "preferences", split, "annotator-groups"))
             write_jsonl(out / "preferences" / f"{split}.jsonl", rows)
             stats.setdefault("annotators", {})[split] = _rounded(annotators.agreement_stats(labels))
             all_labels += labels
+            all_rows += rows
         stats["annotators"]["all"] = _rounded(annotators.agreement_stats(all_labels))
         stats["annotators"].update(bt_temperature=spec.bt_temperature, flip_rate=spec.flip_rate)
+        if biases.any():
+            stats["annotators"]["biases"] = {key: getattr(biases, key) for key in biases.keys()}
+            stats["annotators"]["bias_effects"] = _rounded(annotators.bias_effects(all_rows, all_labels))
         stats["noise_ceiling"] = stats["annotators"]["all"]["noise_ceiling"]
 
     if "eval" in kinds:
