@@ -10,7 +10,9 @@ Reads the finished `align-*` run directories under runs/<name> (one per method, 
                               interval, proxy reward, KL to SFT, length, per-family scores, and the costs:
                               wall time, tokens generated, reward-model queries, preference labels; then
                               which methods differ (paired, prompt by prompt, Holm-corrected) and, with
-                              several seeds, how stable the ranking is (Kendall's W)
+                              several seeds, how stable the ranking is (Kendall's W); and a line per reward model
+                              the methods used, from its run's manifest: accuracy, gold accuracy, ECE, its
+                              length and flattery coefficients, and its ensemble's disagreement against error
     pairwise.csv              every pair of methods of every seed: the paired difference in gold, its
                               interval, p-value and whether it survives Holm's correction
     frontier.png              gold reward against KL for every method (final points and training paths)
@@ -134,6 +136,7 @@ class Run:
     loss: str | None = None  # the loss_type it ran (TRL's name), where the method has several
     per_prompt: dict | None = None  # the final evaluation prompt by prompt (alignment.common.PER_PROMPT_FILE)
     judge: dict | None = None  # the manifest's judge parent (run or model, weights_sha256), if a judge scored it
+    reward: dict | None = None  # the manifest's reward parent: the reward model it optimised or was scored by
 
 
 def loss_of(path: Path) -> str | None:
@@ -176,8 +179,9 @@ def collect(recipe_runs: Path) -> list[Run]:
             continue
         method = row_name(path.name)
         judge = next((p for p in manifest.get("parents") or [] if p.get("role") == "judge"), None)
+        reward = next((p for p in manifest.get("parents") or [] if p.get("role") == "reward"), None)
         runs.append(Run(path.name, method, int(manifest.get("seed") or 0), path, manifest.get("metrics") or {},
-                        manifest.get("finished") or "", loss_of(path), per_prompt_of(path), judge))
+                        manifest.get("finished") or "", loss_of(path), per_prompt_of(path), judge, reward))
     if not runs:
         raise UserError(f"{recipe_runs}: no finished alignment runs (align-<method>/) to compare; "
                         f"run `rlhf-lab run recipes/{recipe_runs.name}` first")
@@ -349,6 +353,46 @@ def judge_agreement(runs: list[Run], rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def reward_model_notes(recipe_runs: Path, runs: list[Run]) -> str:
+    """A line per reward model the methods used (the reward parents their manifests name, runs/<recipe>/reward when
+    none does), from its run's manifest: what it learnt besides gold (reward/diagnostics.py). "-" for a number the
+    run did not measure (an older run, data without gold); nothing for a model given by path."""
+    named = sorted({Path(r.reward["run"]).name for r in runs if r.reward and r.reward.get("run")})
+    recorded = any(r.reward for r in runs)
+    lines = []
+    for name in named or ([] if recorded else ["reward"]):
+        try:
+            manifest = json.loads((recipe_runs / name / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(manifest, dict) or manifest.get("status") != "finished":
+            continue
+        m = manifest.get("metrics") or {}
+
+        def number(key: str, fmt: str) -> str:
+            value = m.get(key)
+            return cell(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+        line = (f"Reward model ({name}): accuracy {number('accuracy', '{:.3f}')}, gold accuracy "
+                f"{number('gold_accuracy', '{:.3f}')}, ECE against gold {number('ece', '{:.3f}')}")
+        if "length_coefficient" in m:  # older runs and answers without gold have no attribution
+            line += (f"; on SFT samples, reward per world token of length {number('length_coefficient', '{:+.4f}')} "
+                     f"(SE {number('length_coefficient_se', '{:.4f}')}; gold's own "
+                     f"{number('gold_length_slope', '{:+.4f}')}), for flattering "
+                     f"{number('flattery_coefficient', '{:+.3f}')} (SE {number('flattery_coefficient_se', '{:.3f}')}), "
+                     "gold held fixed")
+        line += "."
+        if isinstance(m.get("ensemble_members"), (int, float)):
+            line += (f" Ensemble of {m['ensemble_members']:.0f} seeds: gold accuracy "
+                     f"{number('ensemble_gold_accuracy', '{:.3f}')} (members "
+                     f"{number('ensemble_member_gold_accuracy', '{:.3f}')}); its disagreement against its error on "
+                     f"gold: AUROC "
+                     f"{number('ensemble_disagreement_error_auroc', '{:.2f}')}, Spearman "
+                     f"{number('ensemble_disagreement_error_spearman', '{:+.2f}')}.")
+        lines.append(line)
+    return "\n\n".join(lines)
+
+
 def cell(value, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -418,6 +462,7 @@ def main(config: CompareConfig) -> dict:
         w, n_seeds, n_methods = stability
         notes.append(f"Ranking stability over {n_seeds} seeds: Kendall's W = {w:.2f} on the {n_methods} methods' "
                      "gains (1: every seed ranks them alike; 0: no agreement).")
+    notes.append(reward_model_notes(recipe_runs, runs))
     text = "\n\n".join([table] + [n for n in notes if n])
     atomic_write_text(out / "compare.md", f"# {recipe_runs.name}: alignment methods compared\n\n{text}\n")
     atomic_write_text(out / "compare.csv", to_csv(rows, columns, truth, has_judge(runs)))

@@ -22,6 +22,14 @@ On answers sampled from a policy (`Samples`, e.g. the SFT model at temperature 1
                               warning sign when it exceeds gold_length_correlation)
     length_pearson_correlation, gold_length_correlation
 
+What it learnt besides gold (reward/diagnostics.py says what each number means):
+
+    ece, brier            calibration of P(chosen) = sigmoid(margin) against the gold order, on held-out pairs
+                          with a gold gap; the reliability diagram goes to TensorBoard as `<prefix>/reliability`
+    <r>_coefficient, <r>_coefficient_se, <r>_partial_r2, bias_r2, gold_length_slope
+                          on sampled answers with gold: the reward regressed on gold and the annotators' bias
+                          features (r: gold, length in world tokens, flattery; recipes/core/world/annotators.py)
+
 The reward of an answer is the model's score of the whole conversation rendered with the chat
 template, exactly as TRL's RewardTrainer renders it in training. An answer that was cut off before
 its end of turn is scored without the closing end-of-turn marker.
@@ -40,6 +48,8 @@ from recipes.core.generation import as_messages, generate_answers
 from recipes.core.gold_eval import has_gold
 from recipes.core.statistics import bootstrap_interval
 from recipes.core.world import gold_reward
+from recipes.core.world.annotators import answer_features
+from reward.diagnostics import bias_attribution, calibration, reliability_figure
 
 # ----------------------------------------------------------------------------------------------
 # Statistics
@@ -90,8 +100,12 @@ def noise_ceiling(gold_gaps, temperature: float, flip_rate: float) -> float:
 
 
 def pair_metrics(rewards_chosen, rewards_rejected, gold_chosen=None, gold_rejected=None,
-                 annotators: tuple[float, float] | None = None) -> dict[str, float]:
-    """Metrics from the rewards of each pair's two sides (and their gold scores, where known)."""
+                 annotators: tuple[float, float] | None = None, p_agree=None) -> dict[str, float]:
+    """Metrics from the rewards of each pair's two sides (and their gold scores, where known).
+
+    `p_agree`, where the data has it (the world's pairs), is each label's probability of following the gold order
+    under the annotators that wrote it, biases included: the noise ceiling is then mean(max(q, 1 - q)) over it,
+    not recomputed from (temperature, flip rate), which know nothing of the biases."""
     chosen, rejected = np.asarray(rewards_chosen, float), np.asarray(rewards_rejected, float)
     margins = chosen - rejected
     correct = (margins > 0).astype(float)
@@ -107,7 +121,8 @@ def pair_metrics(rewards_chosen, rewards_rejected, gold_chosen=None, gold_reject
         metrics["gold_accuracy"] = float(((margins * np.sign(gold_gaps))[decided] > 0).mean())
         metrics["label_gold_agreement"] = float((gold_gaps[decided] > 0).mean())
     if annotators is not None:
-        ceiling = noise_ceiling(gold_gaps, *annotators)
+        ceiling = (float(np.mean([max(q, 1 - q) for q in p_agree])) if p_agree is not None
+                   else noise_ceiling(gold_gaps, *annotators))
         metrics["noise_ceiling"] = ceiling
         metrics["accuracy_of_ceiling"] = metrics["accuracy"] / ceiling
         metrics["accuracy_of_ceiling_low"] = metrics["accuracy_low"] / ceiling
@@ -234,14 +249,16 @@ def _columns(pairs) -> dict[str, list]:
 def evaluate_reward_model(model, tokenizer, pairs, *, samples: Samples | None = None,
                           annotators: tuple[float, float] | None = None, batch_size: int = 32,
                           max_length: int | None = None, writer=None, step: int = 0,
-                          prefix: str = "reward_eval") -> dict[str, float]:
+                          prefix: str = "reward_eval", details: dict | None = None) -> dict[str, float]:
     """Score held-out `pairs` (and `samples`); return the metrics above.
 
     `pairs` is a datasets.Dataset, a dict of columns or a list of dicts with prompt/chosen/rejected
     (plus gold columns where known); with `max_length`, pairs with a side longer than that many
     tokens are left out, as RewardTrainer leaves them out of training and its own evaluation; `annotators` is (Bradley-Terry temperature, flip rate) for the noise ceiling. With
     a TensorBoard `writer`, every metric goes to `<prefix>/<name>` at `step`, and the margins to a
-    histogram `<prefix>/margins`.
+    histogram `<prefix>/margins`. A `details` dict receives what the metrics were computed from, for the
+    caller to save or combine (an ensemble): `margins` and `gold_gaps` of the pairs kept (None without gold),
+    `sample_rewards` (None without samples) and `calibration`, the reliability diagram's per-bin table.
     """
     columns = _columns(pairs)
     if max_length:  # as RewardTrainer does: leave out pairs with a side longer than max_length
@@ -255,15 +272,29 @@ def evaluate_reward_model(model, tokenizer, pairs, *, samples: Samples | None = 
                  batch_size=batch_size, max_length=max_length)
     chosen, rejected = both[:n], both[n:]
     gold = attach_gold(columns)
-    metrics = pair_metrics(chosen, rejected, **(gold or {}), annotators=annotators if gold else None)
+    p_agree = columns.get("p_agree") if gold and columns.get("p_agree") is not None else None
+    metrics = pair_metrics(chosen, rejected, **(gold or {}), annotators=annotators if gold else None, p_agree=p_agree)
+    margins, gold_gaps, table, rewards = np.asarray(chosen) - np.asarray(rejected), None, None, None
+    if gold:
+        gold_gaps = np.asarray(gold["gold_chosen"], float) - np.asarray(gold["gold_rejected"], float)
+        calibrated, table = calibration(margins, gold_gaps)
+        metrics.update(calibrated)
     if samples is not None and samples.answers:
         rewards = score(model, tokenizer, samples.prompts, samples.answers, ended=samples.ended,
                         batch_size=batch_size, max_length=max_length)
         metrics.update(sample_metrics(rewards, samples.golds, samples.lengths))
+        if samples.golds is not None:
+            features = [answer_features(answer) for answer in samples.answers]
+            metrics.update(bias_attribution(rewards, samples.golds,
+                                            {name: [f[name] for f in features] for name in features[0]}))
+    if details is not None:
+        details.update(margins=margins, gold_gaps=gold_gaps, sample_rewards=rewards, calibration=table)
     if writer is not None:
         for name, value in metrics.items():
             if not name.startswith("eval_") and math.isfinite(value):
                 writer.add_scalar(f"{prefix}/{name}", value, step)
-        writer.add_histogram(f"{prefix}/margins", np.asarray(chosen) - np.asarray(rejected), step)
+        writer.add_histogram(f"{prefix}/margins", margins, step)
+        if table is not None:
+            writer.add_figure(f"{prefix}/reliability", reliability_figure(table), step)  # closes the figure
         writer.flush()
     return metrics

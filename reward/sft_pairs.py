@@ -7,7 +7,7 @@ its training distribution, and those are exactly what best-of-n, PPO, GRPO and R
 score. So the reward stage can add `sft_sample_pairs` pairs: two answers sampled from the SFT model
 for each distinct training prompt in turn (going round the prompts again, with fresh samples, when
 more pairs are asked for than there are prompts), scored with the gold reward, labelled with the same
-Bradley-Terry noise and flips as the world's annotators. Gold ties carry no order and are skipped.
+Bradley-Terry noise, flips and biases as the world's annotators. Gold ties carry no order and are skipped.
 
 Pairs of answers to the same prompt say nothing about how good one prompt's answers are against
 another's: the Bradley-Terry loss is blind to a constant added to every answer of a prompt, so each
@@ -27,7 +27,7 @@ import random
 from recipes.core.errors import UserError
 from recipes.core.generation import as_messages, distinct, generate_answers
 from recipes.core.world import family_of, gold_reward
-from recipes.core.world.annotators import label
+from recipes.core.world.annotators import GROUPS, Annotators
 from reward.evaluate import render
 
 
@@ -41,7 +41,7 @@ def distinct_prompts(prompts, limit: int) -> list:
     return unique
 
 
-def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tuple[float, float],
+def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: Annotators,
                       max_new_tokens: int, temperature: float = 1.0, batch_size: int = 32,
                       seed: int = 0, cross_pairs: int = 0) -> tuple[dict[str, list], dict[str, float]]:
     """Up to `pairs` labelled pairs of SFT answers to distinct `prompts`, in TRL's conversational shape,
@@ -56,8 +56,9 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
     answers = generate_answers(policy, tokenizer, doubled, max_new_tokens=max_new_tokens, do_sample=True,
                                temperature=temperature, batch_size=batch_size, seed=seed)
     rng = random.Random(f"sft-sample-labels/{seed}")
-    temperature_bt, flip_rate = annotators
-    golds = [gold_reward(p, a.text, ended=a.ended).total for p, a in zip(doubled, answers)]
+    groups = random.Random(f"sft-sample-annotator-groups/{seed}")  # its own stream: see annotators.Annotators.label
+    scores = [gold_reward(p, a.text, ended=a.ended) for p, a in zip(doubled, answers)]
+    golds = [s.total for s in scores]
     columns = {name: [] for name in ("prompt_chosen", "prompt_rejected", "chosen", "rejected", "gold_chosen",
                                      "gold_rejected", "ended_chosen", "ended_rejected")}
 
@@ -65,7 +66,9 @@ def label_sft_samples(policy, tokenizer, prompts, *, pairs: int, annotators: tup
         """Label answers i and j (indices into `doubled`); False for a gold tie, which is left out."""
         if golds[i] == golds[j]:
             return False
-        if not label(golds[i], golds[j], rng, temperature_bt, flip_rate).a_preferred:
+        group = groups.randrange(len(GROUPS)) if annotators.biases.group_disagreement else None
+        if not annotators.label((scores[i].terms, scores[j].terms), (answers[i].text, answers[j].text),
+                                (golds[i], golds[j]), rng, group).a_preferred:
             i, j = j, i
         for side, k in (("chosen", i), ("rejected", j)):
             columns[f"prompt_{side}"].append(as_messages(doubled[k]))

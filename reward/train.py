@@ -5,17 +5,27 @@ preference pairs with TRL's RewardTrainer (Bradley-Terry loss), then checks it a
 reward (reward/evaluate.py): accuracy against the annotators' labels and against the gold order on
 held-out pairs, the noise ceiling, the rank correlation of reward with gold reward on answers
 sampled from the SFT model, the correlation of reward with answer length, and a histogram of
-margins; to TensorBoard (`reward_eval/...`, also at every trainer evaluation) and to the manifest.
+margins; and what it learnt besides gold (reward/diagnostics.py): its calibration against the gold
+order (ECE, Brier; reliability.png and calibration.json, the diagram's bins, in the run directory) and
+its score regressed on gold, answer length and flattery. With `ensemble_seeds`, one more reward model per
+seed (ensemble/seed-<s>/) and how far the ensemble's disagreement follows its error on gold (ensemble_*).
+All to TensorBoard (`reward_eval/...`, also at every trainer evaluation) and to the manifest.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import math
+import os
+import shutil
 import time
 from pathlib import Path
 
 import trl
 from transformers import TrainerCallback
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 import base_model  # noqa: F401  registers the architecture with the Auto classes
 from recipes.core import quantization
@@ -34,13 +44,15 @@ from recipes.core.exact_resume import with_exact_resume
 from recipes.core.finite_loss import guarded_train
 from recipes.core.model_dirs import resolve_model
 from recipes.core.progress import attach_progress
-from recipes.core.rundir import RunDir, parent_entry, require_parent
+from recipes.core.rundir import RunDir, atomic_savefig, atomic_write_text, parent_entry, require_parent
 from recipes.core.seeds import stream_seed
 from recipes.core.stage_kit import data_fingerprint, hold_out_last, load_eval_prompts, lora_config, trainer_refusals
 from recipes.core.stages import JUDGE_STAGE
 from recipes.core.tracking import route_trainer_events
 from recipes.core.training_log import logged, mean_train_loss
 from recipes.core.world import SIZES
+from recipes.core.world.annotators import Annotators, Biases, answer_tokens
+from reward.diagnostics import ensemble_diagnostics, reliability_figure
 from reward.evaluate import evaluate_reward_model, sample_answers
 from reward.sft_pairs import distinct_prompts, label_sft_samples, to_token_ids
 
@@ -50,6 +62,7 @@ PARENT = "sft"
 # on a 2-core CPU 128 rows ran 1.7x faster than 32 (tinyworld SFT answers, finished rows dropped).
 PAIR_SAMPLING_BATCH = 128
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # LoRA's default targets in a reward model
+ENSEMBLE_DIR = "ensemble"  # ensemble_seeds' reward models: <run dir>/ensemble/seed-<s>/
 
 
 @dataclasses.dataclass
@@ -98,6 +111,11 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
     label_flip_rate: float = dataclasses.field(
         default=0.0, metadata={"help": "Swap chosen and rejected of this share of the training pairs (seeded): "
                                "noisier labels on purpose (recipes/overoptimization). Held-out pairs stay as they are."})
+    length_balanced_pairs: bool = dataclasses.field(
+        default=False, metadata={"help": "Drop training pairs at random from the commoner of 'chosen is longer' and "
+                                 "'chosen is shorter' until both are as many, in the preference data and in the "
+                                 "sampled pairs apart: length then predicts no label (a mitigation of annotators' "
+                                 "length bias; recipes/annotator-bias). Held-out pairs stay as they are."})
     run_name: str | None = dataclasses.field(
         default=None, metadata={"help": "The run's directory under <runs_root>/<recipe>/. Default: reward "
                                 "(judge for `rlhf-lab judge`)."})
@@ -117,6 +135,11 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
         default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers; TensorBoard events go to tb/."})
     max_length: int | None = dataclasses.field(
         default=256, metadata={"help": "Pairs with a side longer than this many tokens are dropped."})
+    ensemble_seeds: list[int] = dataclasses.field(
+        default_factory=list, metadata={"help": "After the main model, one more reward model per seed given here, "
+                                        "the same config but the seed (score head and data order), saved in "
+                                        "ensemble/seed-<s>/; then how far the ensemble's disagreement follows its "
+                                        "error on gold (ensemble_* metrics). Default: none."})
 
     def __post_init__(self):
         if self.output_dir is not None:
@@ -146,6 +169,12 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
                 raise ValueError(f"key '{key}' must be a positive integer, got {getattr(self, key)}")
         if self.eval_temperature <= 0:
             raise ValueError(f"key 'eval_temperature' must be positive, got {self.eval_temperature}")
+        self.ensemble_seeds = [] if self.ensemble_seeds is None else self.ensemble_seeds  # null: no ensemble
+        seeds = self.ensemble_seeds if isinstance(self.ensemble_seeds, (list, tuple)) else [None]
+        if (not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds)
+                or self.seed in seeds):
+            raise ValueError(f"key 'ensemble_seeds' must be distinct integer seeds other than seed ({self.seed}), "
+                             f"got {self.ensemble_seeds}")
         super().__post_init__()
         self.output_dir = None  # the run directory decides it (TrainingArguments made it "trainer_output")
 
@@ -155,13 +184,14 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
 
 
 def load_pairs(config: RewardStageConfig):
-    """(train, held-out) pairs as datasets in TRL's shape; held-out ones keep gold columns if the data has them."""
+    """(train, held-out) pairs as datasets in TRL's shape, and counts for the manifest; held-out ones keep gold columns
+    (and the world's p_agree, the probability each label follows the gold order) if the data has them."""
     import datasets
 
     def load(split: str) -> dict[str, list]:
         rows = read_rows(config.dataset_name, split, config.dataset_config)
         columns = to_preferences(rows, config.dataset_format)
-        for side in ("gold_chosen", "gold_rejected"):
+        for side in ("gold_chosen", "gold_rejected", "p_agree"):
             values = [record.get(side) for record in rows.records]
             if values and all(isinstance(v, (int, float)) for v in values):
                 columns[side] = [float(v) for v in values]
@@ -180,7 +210,10 @@ def load_pairs(config: RewardStageConfig):
         train = {k: v[:config.max_train_pairs] for k, v in train.items()}
     if config.label_flip_rate:
         train = flip_labels(train, config.label_flip_rate, config.seed)
-    return datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(test)
+    counts = {}
+    if config.length_balanced_pairs:
+        train, counts = balance_lengths(train, config.seed, "pairs")
+    return datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(test), counts
 
 
 def flip_labels(pairs: dict[str, list], rate: float, seed: int) -> dict[str, list]:
@@ -194,16 +227,37 @@ def flip_labels(pairs: dict[str, list], rate: float, seed: int) -> dict[str, lis
     return {**pairs, "chosen": chosen, "rejected": rejected}
 
 
-def annotator_noise(config: RewardStageConfig) -> tuple[float, float] | None:
-    """(Bradley-Terry temperature, flip rate) of the labels: from the config, else the world's size."""
-    temperature, flip_rate = config.annotator_bt_temperature, config.annotator_flip_rate
+def annotator_noise(config: RewardStageConfig) -> Annotators | None:
+    """The labels' annotators (Bradley-Terry temperature, flip rate, biases): from the config, else the world's
+    size and the world source's bias keys."""
+    temperature, flip_rate, biases = config.annotator_bt_temperature, config.annotator_flip_rate, Biases()
     if config.dataset_name.startswith("world:"):
-        spec = SIZES[parse_world_source(config.dataset_name).size]
+        world = parse_world_source(config.dataset_name)
+        spec, biases = SIZES[world.size], world.biases
         temperature = spec.bt_temperature if temperature is None else temperature
         flip_rate = spec.flip_rate if flip_rate is None else flip_rate
     if temperature is None:
         return None
-    return temperature, flip_rate or 0.0
+    return Annotators(temperature, flip_rate or 0.0, biases)
+
+
+def balance_lengths(pairs: dict[str, list], seed: int, name: str) -> tuple[dict[str, list], dict[str, int]]:
+    """The pairs less a seeded random share of those whose chosen answer is the longer (or the shorter, whichever
+    is more common), so that length cannot predict the label: the chosen answer is the longer in exactly half the
+    pairs whose answers differ in length. Length is the world's token count (words and punctuation marks)."""
+    import random
+
+    def length(answer) -> int:
+        return answer_tokens(answer if isinstance(answer, str) else answer[-1]["content"])
+
+    longer = [i for i, (c, r) in enumerate(zip(pairs["chosen"], pairs["rejected"])) if length(c) > length(r)]
+    shorter = [i for i, (c, r) in enumerate(zip(pairs["chosen"], pairs["rejected"])) if length(c) < length(r)]
+    more, fewer = (longer, shorter) if len(longer) > len(shorter) else (shorter, longer)
+    dropped = set(random.Random(f"length-balance/{name}/{seed}").sample(more, len(more) - len(fewer)))
+    kept = [i for i in range(len(pairs["chosen"])) if i not in dropped]
+    counts = {f"{name}_chosen_longer": len(longer), f"{name}_chosen_shorter": len(shorter),
+              f"{name}_dropped_to_balance": len(dropped)}
+    return {key: [values[i] for i in kept] for key, values in pairs.items()}, counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,6 +311,69 @@ class RewardGoldCheckCallback(TrainerCallback):
             self.last = self.evaluate(model, state.global_step)
 
 
+def train_reward_model(config: RewardStageConfig, model, tokenizer, train_pairs, desc: str, *, callback=None,
+                       eval_pairs=None, resume: str | None = None):
+    """`model` trained on `train_pairs` by TRL's RewardTrainer (Bradley-Terry loss; LoRA where configured): the
+    trainer."""
+    lora = lora_config(config, "SEQ_CLS", ATTENTION_PROJECTIONS, modules_to_save=["score"])
+    with trainer_refusals(config):
+        trainer = with_exact_resume(trl.RewardTrainer)(
+            model=model, args=config, train_dataset=train_pairs, eval_dataset=eval_pairs,
+            processing_class=tokenizer, peft_config=lora, callbacks=[callback] if callback else None)
+    attach_progress(trainer, desc)
+    guarded_train(trainer, resume)
+    return trainer
+
+
+def train_member(config: RewardStageConfig, seed: int, model_dir: Path, train_pairs, run: RunDir, save: bool):
+    """One more reward model of the ensemble: the same config and data but `seed` (its score head's initialisation
+    and the data order), trained as the main one without evaluations or checkpoints, saved (where `save`) in
+    ensemble/seed-<seed>/ with its tokenizer. Returns the trained model."""
+    member_config = copy.copy(config)  # not dataclasses.replace: __post_init__ would refuse the output_dir set
+    member_config.seed = seed
+    member_config.eval_strategy, member_config.save_strategy = IntervalStrategy.NO, SaveStrategy.NO
+    member_config.load_best_model_at_end = False
+    member_config.output_dir = str(run.checkpoints_dir / f"ensemble-seed-{seed}")
+    model, tokenizer = load_reward_model(model_dir, seed, config)
+    # Its training curves beside the main model's, as a TensorBoard run of their own (read when the trainer is made).
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tb_dir / f"ensemble-seed-{seed}")
+    try:
+        trainer = train_reward_model(member_config, model, tokenizer, train_pairs, f"{STAGE} seed {seed}")
+    finally:
+        route_trainer_events(run)
+    trained = quantization.merged(trainer.model, model_dir, num_labels=1)
+    trained.config.pad_token_id = tokenizer.pad_token_id
+    if save:
+        directory = run.path / ENSEMBLE_DIR / f"seed-{seed}"
+        staged = directory.with_name(f".{directory.name}.tmp")  # renamed into place whole, as model/ is
+        shutil.rmtree(staged, ignore_errors=True)
+        trained.save_pretrained(str(staged))
+        tokenizer.save_pretrained(str(staged))
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staged, directory)
+    return trained
+
+
+def ensemble_metrics(scores: list[dict], samples) -> dict[str, float]:
+    """reward/diagnostics.py's ensemble diagnostics from each model's `details` of evaluate_reward_model (the main
+    model first); none without gold."""
+    if scores[0].get("gold_gaps") is None:
+        return {}
+    rewards = [s["sample_rewards"] for s in scores] if scores[0].get("sample_rewards") is not None else None
+    return ensemble_diagnostics([s["margins"] for s in scores], scores[0]["gold_gaps"], rewards,
+                                samples.golds if rewards is not None else None)
+
+
+def save_calibration(run: RunDir, table: list[dict] | None, metrics: dict) -> None:
+    """calibration.json (ECE, Brier score and the reliability diagram's bins) and reliability.png in the run
+    directory, where the held-out pairs had gold."""
+    if table is None:
+        return
+    summary = {"ece": metrics.get("ece"), "brier": metrics.get("brier"), "bins": table}
+    atomic_write_text(run.path / "calibration.json", json.dumps(summary, indent=2) + "\n")
+    atomic_savefig(reliability_figure(table), run.path / "reliability.png", dpi=100)
+
+
 def main(config: RewardStageConfig) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -264,8 +381,9 @@ def main(config: RewardStageConfig) -> dict:
     run = RunDir.for_config(config, config.run_name or STAGE)
     quantization.check(config)
     model_dir, parent = resolve_parent(config)
-    train_pairs, test_pairs = load_pairs(config)
+    train_pairs, test_pairs, balance_counts = load_pairs(config)
     annotators = annotator_noise(config)
+    noise = (annotators.temperature, annotators.flip_rate) if annotators else None  # for the noise ceiling
     eval_prompts = load_eval_prompts(config)
     if config.sft_sample_pairs:  # before any model loads: bad input fails fast
         if annotators is None:
@@ -273,7 +391,8 @@ def main(config: RewardStageConfig) -> dict:
                             "and annotator_flip_rate, or train on world data")
         distinct_prompts(train_pairs["prompt"], config.sft_sample_pairs)
     data = {"source": config.dataset_name, "fingerprint": data_fingerprint(config, tail=config.dataset_format),
-            "train_pairs": len(train_pairs), "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts}
+            "train_pairs": len(train_pairs), "test_pairs": len(test_pairs), "eval_prompts": config.eval_prompts,
+            **balance_counts}
     claim_run(run, lambda: run.start(config, parents=[parent_entry(PARENT, model_dir, parent)], data=data))
     config.output_dir = str(run.checkpoints_dir)  # after start: config.yaml keeps output_dir unset
 
@@ -298,27 +417,42 @@ def main(config: RewardStageConfig) -> dict:
     route_trainer_events(run)
     writer = SummaryWriter(str(run.tb_dir), filename_suffix=".reward_eval")
 
+    final: dict = {}  # the last evaluation's margins, sample rewards and calibration table (see evaluate_reward_model)
+
     def gold_eval(eval_model, step: int) -> dict:
-        return evaluate_reward_model(eval_model, tokenizer, test_pairs, samples=samples, annotators=annotators,
+        return evaluate_reward_model(eval_model, tokenizer, test_pairs, samples=samples, annotators=noise,
                                      batch_size=config.per_device_eval_batch_size, max_length=config.max_length,
-                                     writer=writer, step=step)
+                                     writer=writer, step=step, details=final)
 
     callback = RewardGoldCheckCallback(gold_eval)
-    lora = lora_config(config, "SEQ_CLS", ATTENTION_PROJECTIONS, modules_to_save=["score"])
-    with trainer_refusals(config):
-        trainer = with_exact_resume(trl.RewardTrainer)(
-            model=model, args=config, train_dataset=train_pairs,
-            eval_dataset=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
-            processing_class=tokenizer, peft_config=lora, callbacks=[callback])
-    attach_progress(trainer, STAGE)
-
-    guarded_train(trainer, run.resume_checkpoint(config.resume))
+    trainer = train_reward_model(config, model, tokenizer, train_pairs, STAGE, callback=callback,
+                                 eval_pairs=test_pairs.select_columns(["prompt", "chosen", "rejected"]),
+                                 resume=run.resume_checkpoint(config.resume))
     eval_result = trainer.evaluate()  # the callback runs the gold checks on the final model too
-    writer.close()
 
     trained = quantization.merged(trainer.model, model_dir, num_labels=1)
     trained.config.pad_token_id = tokenizer.pad_token_id
+    main_process = trainer.is_world_process_zero()
+    member_scores = []
+    for seed in config.ensemble_seeds:
+        member = train_member(config, seed, model_dir, train_pairs, run, main_process)
+        if main_process:
+            member_scores.append({})
+            evaluate_reward_model(member, tokenizer, test_pairs, samples=samples,
+                                  batch_size=config.per_device_eval_batch_size, max_length=config.max_length,
+                                  details=member_scores[-1])
+        del member  # one member in memory at a time
+    ensemble = {}
+    if main_process:
+        save_calibration(run, final.get("calibration"), callback.last or {})
+        if member_scores:
+            ensemble = ensemble_metrics([final] + member_scores, samples)
+        for name, value in ensemble.items():
+            if math.isfinite(value):
+                writer.add_scalar(f"reward_eval/{name}", value, trainer.state.global_step)
+    writer.close()
     metrics = dict(callback.last or {})  # the gold checks run on the main process only
+    metrics.update(ensemble)
     metrics.update({
         "train_loss": (logged(trainer, "loss") or [None])[-1],
         "mean_train_loss": mean_train_loss(trainer),
@@ -344,6 +478,9 @@ def add_sft_sample_pairs(config: RewardStageConfig, train_pairs, policy, tokeniz
         max_new_tokens=config.sft_sample_max_new_tokens, temperature=config.eval_temperature,
         batch_size=PAIR_SAMPLING_BATCH, seed=stream_seed(config.seed, "reward/pair-samples"),
         cross_pairs=config.sft_sample_cross_pairs)
+    if config.length_balanced_pairs:
+        columns, balance = balance_lengths(columns, config.seed, "sft_sample_pairs")
+        counts.update(balance)
     run.update(data={**(run.manifest() or {}).get("data", {}), **counts})
     cross = (f", and {counts['sft_sample_cross_pairs']} pairs across prompts ({counts['sft_sample_cross_ties']} ties)"
              if config.sft_sample_cross_pairs else "")
@@ -368,6 +505,11 @@ def summary_line(metrics: dict, run: RunDir) -> str:
         parts.append(f"rank correlation with gold {metrics['gold_rank_correlation']:.3f}")
     if "length_correlation" in metrics:
         parts.append(f"with length {metrics['length_correlation']:.3f}")
+    if math.isfinite(metrics.get("ece", math.nan)):
+        parts.append(f"ECE {metrics['ece']:.3f}")
+    if math.isfinite(metrics.get("length_coefficient", math.nan)):
+        parts.append(f"length coefficient {metrics['length_coefficient']:+.4f} "
+                     f"(SE {metrics.get('length_coefficient_se', math.nan):.4f})")
     return "  ".join(parts)
 
 

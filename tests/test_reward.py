@@ -13,6 +13,7 @@ from recipes.core.cli import main as rlhf_lab
 from recipes.core.data import load_prompts, read_rows
 from recipes.core.rundir import weights_hash
 from recipes.core.world import gold_reward
+from recipes.core.world.annotators import Annotators
 from reward.evaluate import noise_ceiling, pair_metrics, pearson, rankdata, render, spearman
 from reward.sft_pairs import label_sft_samples, to_token_ids
 from reward.train import summary_line
@@ -166,7 +167,7 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     policy = AutoModelForCausalLM.from_pretrained(smoke_sft / "model")
     tokenizer = load_tokenizer(str(smoke_sft / "model"))
     prompts = list(load_prompts("world:preferences?size=smoke")["prompt"])
-    columns, counts = label_sft_samples(policy, tokenizer, prompts + prompts[:5], pairs=30, annotators=(1e-9, 0.0),
+    columns, counts = label_sft_samples(policy, tokenizer, prompts + prompts[:5], pairs=30, annotators=Annotators(1e-9, 0.0),
                                         max_new_tokens=24, batch_size=16, seed=0, cross_pairs=25)
     assert counts["sft_sample_prompts"] == 30  # distinct prompts: the repeated five count once
     assert counts["sft_sample_pairs"] + counts["sft_sample_ties"] == 30
@@ -190,17 +191,17 @@ def test_sft_sample_pairs_are_labelled_by_the_annotators(smoke_sft):
     for side in ("chosen", "rejected"):  # a pair across prompts renders each side with its own prompt
         assert ids[f"{side}_ids"][same] == render(tokenizer, columns[f"prompt_{side}"][same], columns[side][same],
                                                   columns[f"ended_{side}"][same])
-    again, _ = label_sft_samples(policy, tokenizer, prompts, pairs=30, annotators=(1e-9, 0.0), max_new_tokens=24,
+    again, _ = label_sft_samples(policy, tokenizer, prompts, pairs=30, annotators=Annotators(1e-9, 0.0), max_new_tokens=24,
                                  batch_size=16, seed=0, cross_pairs=25)
     assert again == columns  # seeded: a resumed run trains on the same pairs
-    _, cut = label_sft_samples(policy, tokenizer, prompts, pairs=10, annotators=(1e-9, 0.0), max_new_tokens=1,
+    _, cut = label_sft_samples(policy, tokenizer, prompts, pairs=10, annotators=Annotators(1e-9, 0.0), max_new_tokens=1,
                                batch_size=16, seed=0, cross_pairs=5)
     # One token each: nearly every answer is cut (one may be a bare end of turn), each counted once.
     assert 18 <= cut["sft_sample_unended_answers"] <= cut["sft_sample_samples"] == 20, cut
     # More pairs than distinct prompts: round the prompts again, with fresh samples.
     few = prompts[:40]
     distinct = len({repr(p) for p in few})
-    more, counts = label_sft_samples(policy, tokenizer, few, pairs=distinct * 2 + 3, annotators=(1e-9, 0.0),
+    more, counts = label_sft_samples(policy, tokenizer, few, pairs=distinct * 2 + 3, annotators=Annotators(1e-9, 0.0),
                                      max_new_tokens=24, batch_size=16, seed=0)
     assert counts["sft_sample_prompts"] == distinct and counts["sft_sample_samples"] == 2 * (distinct * 2 + 3)
     assert counts["sft_sample_pairs"] + counts["sft_sample_ties"] == distinct * 2 + 3
