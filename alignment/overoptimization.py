@@ -171,7 +171,7 @@ def sub_run(module, sub_config, name: str, config: OveroptimizationConfig, stage
     parents is kept and one that was interrupted continues from its checkpoint, as `rlhf-lab run` does."""
     run = RunDir.for_config(sub_config, name)
     if config.resume and reason_to_run(run, sub_config) is None:
-        print(f"[{STAGE}] {name}: finished with the same config, kept", flush=True)
+        print(f"[{stage.path.name}] {name}: finished with the same config, kept", flush=True)
         return run.manifest()["metrics"]
     if config.resume and resumable(run, sub_config):
         sub_config.resume, sub_config.overwrite = True, False

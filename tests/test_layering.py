@@ -25,7 +25,8 @@ LAYERS = [
     ("alignment stages", ["alignment"]),
     ("runner and compare", ["recipes.core.cli", "recipes.core.runner", "alignment.compare",
                             "alignment.compare_plots", "alignment.compare_tensorboard", "alignment.overoptimization",
-                            "alignment.overoptimization_plot", "alignment.gao_fits"]),
+                            "alignment.overoptimization_plot", "alignment.gao_fits",
+                            "alignment.annotator_bias", "alignment.annotator_bias_plot"]),
 ]
 
 

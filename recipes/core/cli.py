@@ -29,6 +29,7 @@ COMMANDS = {
     "judge": (None, STAGES["judge"].summary),
     "align": ("alignment.cli", "align the SFT model: --method dpo, ppo, grpo, best-of-n, ... (--help lists them)"),
     "overoptimization": (None, STAGES["overoptimization"].summary),
+    "annotator-bias": (None, STAGES["annotator-bias"].summary),
     "compare": ("alignment.compare", "compare a recipe's alignment runs: table, plots, TensorBoard HParams"),
     "run": ("recipes.core.runner", "run a whole recipe in order, skipping stages already done, then compare"),
     "sample": ("alignment.sample", "answer the same prompts side by side with several models, gold and proxy scored"),

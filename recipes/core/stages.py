@@ -73,6 +73,8 @@ STAGES = {spec.name: spec for spec in [
               "answers where there is no gold (judge_model_name_or_path: judge)", defaults=("--run_name", JUDGE_STAGE)),
     StageSpec("overoptimization", "alignment.overoptimization", ("sft",),
               "reward over-optimisation (Gao et al. 2022): gold vs sqrt(KL) for weak proxies"),
+    StageSpec("annotator-bias", "alignment.annotator_bias", ("sft",),
+              "annotators' length bias: reward models on biased labels, methods optimised against them, a mitigation"),
 ]}
 
 METHODS = {spec.name: spec for spec in [

@@ -96,7 +96,8 @@ def render(world: Path, n: int, seed: int) -> str:
     for row in pick(read("preferences/train.jsonl")):
         user = row["prompt"][-1]["content"]
         agree = "agrees with gold" if row["label_agrees_with_gold"] else "DISAGREES with gold"
-        out += [f"  User: {user}   (label {agree}{', flipped' if row['flipped'] else ''})"]
+        biased = f", biases: {', '.join(row['biases_applied'])}" if row.get("biases_applied") else ""
+        out += [f"  User: {user}   (label {agree}{', flipped' if row['flipped'] else ''}{biased})"]
         for side in ("chosen", "rejected"):
             reply = row[side][0]["content"]
             out += [f"  {side} ({row['persona_' + side]}): {_terms(gold_reward(user, reply))}", _quote(reply)]
