@@ -26,6 +26,7 @@ from alignment import best_of_n, ppo
 from alignment.annotator_bias_plot import plot, table
 from alignment.overoptimization import resolve_sft, sub_run
 from recipes.core.config import RunArguments
+from recipes.core.errors import UserError
 from recipes.core.rundir import RunDir, atomic_write_text, parent_entry
 from recipes.core.stages import METHODS, STAGES
 from reward import train
@@ -103,6 +104,9 @@ def biased_source(source: str, length_bias: float) -> str:
 def train_reward(sft_dir: Path, variant: str, length_bias: float, balanced: bool, config: AnnotatorBiasConfig,
                  stage: RunDir) -> tuple[Path, dict]:
     base = STAGES["reward"].parse(["--config", config.reward_config])
+    if not base.dataset_name.startswith("world:preferences"):
+        raise UserError(f"key 'reward_config': {config.reward_config} trains on {base.dataset_name}; the experiment "
+                        "biases the world's annotators, so expected a world:preferences source")
     argv = ["--config", config.reward_config, "--model_name_or_path", str(sft_dir), "--run_name", f"reward-{variant}",
             "--dataset_name", biased_source(base.dataset_name, length_bias), "--length_balanced_pairs", str(balanced),
             "--recipe", config.recipe, "--seed", str(config.seed), "--overwrite", "true"]

@@ -103,9 +103,10 @@ def pair_metrics(rewards_chosen, rewards_rejected, gold_chosen=None, gold_reject
                  annotators: tuple[float, float] | None = None, p_agree=None) -> dict[str, float]:
     """Metrics from the rewards of each pair's two sides (and their gold scores, where known).
 
-    `p_agree`, where the data has it (the world's pairs), is each label's probability of following the gold order
-    under the annotators that wrote it, biases included: the noise ceiling is then mean(max(q, 1 - q)) over it,
-    not recomputed from (temperature, flip rate), which know nothing of the biases."""
+    `p_agree`, where the data has it (the world's pairs labelled by biased annotators: its p_agree_unseen column),
+    is each label's probability of following the gold order, biases included and averaged over what a reward model
+    cannot see (the order of showing, the annotator group): the noise ceiling is then mean(max(q, 1 - q)) over it,
+    not computed from (temperature, flip rate), which know nothing of the biases."""
     chosen, rejected = np.asarray(rewards_chosen, float), np.asarray(rewards_rejected, float)
     margins = chosen - rejected
     correct = (margins > 0).astype(float)
@@ -272,7 +273,7 @@ def evaluate_reward_model(model, tokenizer, pairs, *, samples: Samples | None = 
                  batch_size=batch_size, max_length=max_length)
     chosen, rejected = both[:n], both[n:]
     gold = attach_gold(columns)
-    p_agree = columns.get("p_agree") if gold and columns.get("p_agree") is not None else None
+    p_agree = columns.get("p_agree_unseen") if gold and columns.get("p_agree_unseen") is not None else None
     metrics = pair_metrics(chosen, rejected, **(gold or {}), annotators=annotators if gold else None, p_agree=p_agree)
     margins, gold_gaps, table, rewards = np.asarray(chosen) - np.asarray(rejected), None, None, None
     if gold:

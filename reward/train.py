@@ -185,13 +185,14 @@ class RewardStageConfig(RunArguments, LoraArguments, trl.RewardConfig):
 
 def load_pairs(config: RewardStageConfig):
     """(train, held-out) pairs as datasets in TRL's shape, and counts for the manifest; held-out ones keep gold columns
-    (and the world's p_agree, the probability each label follows the gold order) if the data has them."""
+    (and, from biased annotators, p_agree_unseen: each label's probability of following the gold order) if the
+    data has them."""
     import datasets
 
     def load(split: str) -> dict[str, list]:
         rows = read_rows(config.dataset_name, split, config.dataset_config)
         columns = to_preferences(rows, config.dataset_format)
-        for side in ("gold_chosen", "gold_rejected", "p_agree"):
+        for side in ("gold_chosen", "gold_rejected", "p_agree_unseen"):
             values = [record.get(side) for record in rows.records]
             if values and all(isinstance(v, (int, float)) for v in values):
                 columns[side] = [float(v) for v in values]

@@ -5,16 +5,21 @@ import hashlib
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
 from recipes.core.cli import main as rlhf_lab
 from recipes.core.data.world_cache import parse_world_source, world_dir
 from recipes.core.errors import UserError
+from recipes.core.stages import STAGES
 from recipes.core.world import generate, gold_reward
 from recipes.core.world.annotators import GROUPS, Annotators, Biases
 from recipes.core.world.sizes import SIZES
+from reward.evaluate import noise_ceiling, pair_metrics
+from reward.train import load_pairs
 
+REPO = Path(__file__).resolve().parents[1]
 SPEC = SIZES["default"]
 T, FLIP = SPEC.bt_temperature, SPEC.flip_rate
 # sha256 of the default world's preference files (seed 0) before annotators had biases: off must keep them.
@@ -131,6 +136,21 @@ def test_position_bias_favours_the_answer_shown_first(worlds):
     measured, _ = check_share(rows, lambda r: r["shown_first"] == "chosen", p_first, "first shown chosen")
     assert measured > 0.6  # the unbiased annotator picks the first-shown (a random persona) about half the time
 
+    # The noise ceiling: a reward model scores each answer alone, so it cannot see which was shown first; its best
+    # is the likelier label with the order averaged out, and the ceiling is lower than with the order known.
+    def q(row, side):  # P(label follows gold) if the gold-better answer is shown first (side +1) or second (-1)
+        gap = abs(row["gold_chosen"] - row["gold_rejected"])
+        p = labelled(sigmoid(gap / T + side * b))
+        return p
+
+    unseen = [(q(r, 1) + q(r, -1)) / 2 for r in rows]
+    ceiling = sum(max(u, 1 - u) for u in unseen) / len(unseen)
+    stats = worlds["position"][1]
+    assert stats["noise_ceiling"] == pytest.approx(ceiling, abs=2e-6)
+    assert [r["p_agree_unseen"] for r in rows] == pytest.approx(unseen, abs=2e-6)
+    known = sum(max(r["p_agree"], 1 - r["p_agree"]) for r in rows) / len(rows)
+    assert ceiling < known - 0.01  # 0.706 against 0.726 on this world
+
 
 def test_annotator_groups_weigh_the_gold_terms_their_own_ways(worlds):
     s = 1.0
@@ -146,6 +166,15 @@ def test_annotator_groups_weigh_the_gold_terms_their_own_ways(worlds):
         return labelled(sigmoid((utility(row, a, row["annotator_group"]) - utility(row, second, row["annotator_group"])) / T))
 
     check_share(rows, lambda r: r["shown_first"] == "chosen", p_first, "group labels")
+    # Which group labelled a pair is unseen by a reward model too: the ceiling averages q over the four groups.
+    def q_unseen(row):
+        c, r = (gold_reward(row["prompt"], row[side][0]["content"]).terms for side in ("chosen", "rejected"))
+        better, worse = (c, r) if row["gold_chosen"] > row["gold_rejected"] else (r, c)
+        return sum(labelled(sigmoid(sum(math.exp(s * z) * (better[k] - worse[k]) for z, k in zip(GROUPS[g], better))
+                                    / T)) for g in range(len(GROUPS))) / len(GROUPS)
+
+    ceiling = sum(max(q, 1 - q) for q in map(q_unseen, rows)) / len(rows)
+    assert worlds["groups"][1]["noise_ceiling"] == pytest.approx(ceiling, abs=2e-6)
     # Where the task and style disagree, the task-first group (0) follows the task more often than the style-first (1).
     def task_wins(row):
         c, r = (gold_reward(row["prompt"], row[side][0]["content"]).terms for side in ("chosen", "rejected"))
@@ -210,3 +239,19 @@ def test_world_source_and_cli_take_the_biases(tmp_path, monkeypatch, capsys):
     assert stats["annotators"]["biases"]["length_bias"] == 0.05
     assert rlhf_lab(["world", "--out", str(tmp_path / "x"), "--size", "smoke", "--length_bias", "99"]) == 2
     assert "expected length_bias between -10 and 10" in capsys.readouterr().err
+
+
+def test_reward_stage_reads_the_ceiling_biased_annotators_leave(tmp_path, monkeypatch):
+    """Biased held-out pairs carry p_agree_unseen and the ceiling comes from it; unbiased ones keep (T, flips)."""
+    monkeypatch.setenv("RLHF_LAB_CACHE", str(tmp_path / "cache"))
+    config = STAGES["reward"].parse(["--config", str(REPO / "recipes/smoke/reward.yaml"), "--dataset_name",
+                                     "world:preferences?size=smoke&seed=0&position_bias=0.8"])
+    _, held_out, _ = load_pairs(config)
+    q = held_out["p_agree_unseen"]
+    gaps = [c - r for c, r in zip(held_out["gold_chosen"], held_out["gold_rejected"])]
+    metrics = pair_metrics([1.0] * len(q), [0.0] * len(q), held_out["gold_chosen"], held_out["gold_rejected"],
+                           annotators=(T, FLIP), p_agree=q)
+    assert metrics["noise_ceiling"] == pytest.approx(sum(max(x, 1 - x) for x in q) / len(q))
+    assert metrics["noise_ceiling"] < noise_ceiling(gaps, T, FLIP) - 0.005
+    plain = STAGES["reward"].parse(["--config", str(REPO / "recipes/smoke/reward.yaml")])
+    assert "p_agree_unseen" not in load_pairs(plain)[1].column_names

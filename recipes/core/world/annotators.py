@@ -25,8 +25,9 @@ good question to ask."), so there sycophancy rides with length, and the diagnost
 by regression. The weights w_k are 1 for every gold term unless `group_disagreement` > 0: then each
 pair is labelled by one of `GROUPS` annotator groups, drawn at random, whose weights are
 exp(group_disagreement * z) with z a fixed +-1 pattern per group (one group cares for the task
-more than for style, another the reverse...). The noise ceiling and q are computed from the biased
-probabilities against the gold order.
+more than for style, another the reverse...). q is computed from the biased probabilities against the
+gold order; the noise ceiling from q averaged over the two orders of showing and the groups, which a reward
+model scoring each answer alone cannot see (`Label.p_agree_unseen`).
 """
 
 import math
@@ -114,6 +115,13 @@ class Label:
     flipped: bool          # a random flip was applied after the Bradley-Terry draw
     agrees_with_gold: bool
     p_agree: float         # q above: probability the label agrees with the gold order
+    # q averaged over what a reward model cannot see: which answer was shown first and which group labelled the
+    # pair (both drawn at random). The noise ceiling is mean(max(q, 1 - q)) over this one.
+    p_agree_unseen: float | None = None
+
+    @property
+    def q_ceiling(self) -> float:
+        return self.p_agree if self.p_agree_unseen is None else self.p_agree_unseen
 
 
 def parse_biases(given: dict[str, str], where: str) -> Biases:
@@ -176,8 +184,14 @@ class Annotators:
         a_preferred = rng.random() < sigmoid(logit)
         flipped = rng.random() < self.flip_rate
         a_preferred = a_preferred != flipped
-        p_a = (1 - self.flip_rate) * sigmoid(logit) + self.flip_rate * (1 - sigmoid(logit))
-        return Label(a_preferred, flipped, a_preferred == (gold_a > gold_b), p_a if gold_a > gold_b else 1 - p_a)
+        def agree(logit_a: float) -> float:  # P(the label follows the gold order) given A's logit
+            p_a = (1 - self.flip_rate) * sigmoid(logit_a) + self.flip_rate * (1 - sigmoid(logit_a))
+            return p_a if gold_a > gold_b else 1 - p_a
+
+        groups = range(len(GROUPS)) if self.biases.group_disagreement else [None]
+        unseen = [agree((self.biases.utility(terms_a, text_a, g) - self.biases.utility(terms_b, text_b, g))
+                        / self.temperature + side * self.biases.position_bias) for g in groups for side in (1, -1)]
+        return Label(a_preferred, flipped, a_preferred == (gold_a > gold_b), agree(logit), sum(unseen) / len(unseen))
 
 
 def agreement_stats(labels: list[Label]) -> dict:
@@ -188,7 +202,7 @@ def agreement_stats(labels: list[Label]) -> dict:
         "measured_agreement": sum(l.agrees_with_gold for l in labels) / n,
         "expected_agreement": expected,
         "standard_error": math.sqrt(sum(l.p_agree * (1 - l.p_agree) for l in labels)) / n,
-        "noise_ceiling": sum(max(l.p_agree, 1 - l.p_agree) for l in labels) / n,
+        "noise_ceiling": sum(max(l.q_ceiling, 1 - l.q_ceiling) for l in labels) / n,
         "flipped": sum(l.flipped for l in labels) / n,
     }
 

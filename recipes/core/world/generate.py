@@ -122,6 +122,8 @@ def preference_rows(prompts, rng, annotators: Annotators, group_rng) -> tuple[li
                      "family": family.NAME, "gold_chosen": gold_a, "gold_rejected": gold_b,
                      "persona_chosen": persona_a, "persona_rejected": persona_b, "flipped": label.flipped,
                      "label_agrees_with_gold": label.agrees_with_gold, "p_agree": round(label.p_agree, 6), **extra})
+        if biases.any():
+            rows[-1]["p_agree_unseen"] = round(label.p_agree_unseen, 6)
     return rows, labels
 
 
