@@ -142,15 +142,22 @@ def reliability_figure(table: list[dict], title: str = "reward model calibration
 
 
 # ----------------------------------------------------------------------------------------------
-# Ensembles
+# Correlations (average-tie ranks, scipy's rankdata) and ensembles
 
 
-def _spearman(x, y) -> float:
-    """Spearman rank correlation (average-tie ranks); nan when either side is constant."""
-    rx, ry = rankdata(x), rankdata(y)
-    if len(rx) < 2 or np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
+def pearson(x, y) -> float:
+    """Pearson correlation; nan when either side is constant or there are fewer than two points."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2:
+        return float("nan")
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation: Pearson correlation of the average-tie ranks."""
+    return pearson(rankdata(x), rankdata(y))
 
 
 def auroc(scores, positive) -> float:
@@ -208,7 +215,7 @@ def ensemble_diagnostics(member_margins, gold_gaps, member_rewards=None, golds=N
             "ensemble_gold_accuracy": float(right.mean()),
             "ensemble_member_gold_accuracy": float((margins * sign > 0).mean(axis=1).mean()),
             "ensemble_disagreement": float(disagreement.mean()),
-            "ensemble_disagreement_error_spearman": _spearman(disagreement, ~right),
+            "ensemble_disagreement_error_spearman": spearman(disagreement, ~right),
             "ensemble_disagreement_error_auroc": auroc(disagreement, ~right),
             "ensemble_gold_accuracy_high_disagreement": float(right[order[-half:]].mean()) if half else math.nan,
             "ensemble_gold_accuracy_low_disagreement": float(right[order[:half]].mean()) if half else math.nan,
@@ -218,5 +225,5 @@ def ensemble_diagnostics(member_margins, gold_gaps, member_rewards=None, golds=N
         spread = rewards.std(axis=0)
         error = np.abs(_standardise(rewards.mean(axis=0)) - _standardise(np.asarray(golds, dtype=float)))
         metrics["ensemble_sample_disagreement"] = float(spread.mean())
-        metrics["ensemble_sample_disagreement_error_spearman"] = _spearman(spread, error)
+        metrics["ensemble_sample_disagreement_error_spearman"] = spearman(spread, error)
     return metrics

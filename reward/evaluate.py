@@ -49,39 +49,10 @@ from recipes.core.gold_eval import has_gold
 from recipes.core.statistics import bootstrap_interval
 from recipes.core.world import gold_reward
 from recipes.core.world.annotators import answer_features
-from reward.diagnostics import bias_attribution, calibration, reliability_figure
+from reward.diagnostics import bias_attribution, calibration, pearson, reliability_figure, spearman
 
 # ----------------------------------------------------------------------------------------------
 # Statistics
-
-
-def rankdata(values) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank (as scipy.stats.rankdata's default)."""
-    values = np.asarray(values, dtype=float)
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=float)
-    sorted_values = values[order]
-    start = 0
-    for end in range(1, len(values) + 1):
-        if end == len(values) or sorted_values[end] != sorted_values[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2  # mean of ranks start+1 .. end
-            start = end
-    return ranks
-
-
-def pearson(x, y) -> float:
-    """Pearson correlation; nan when either side is constant or there are fewer than two points."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2:
-        return float("nan")
-    x, y = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
-
-
-def spearman(x, y) -> float:
-    """Spearman rank correlation: Pearson correlation of the average-tie ranks."""
-    return pearson(rankdata(x), rankdata(y))
 
 
 def p_gold_label(gold_gap: float, temperature: float, flip_rate: float) -> float:

@@ -14,7 +14,8 @@ from recipes.core.data import load_prompts, read_rows
 from recipes.core.rundir import weights_hash
 from recipes.core.world import gold_reward
 from recipes.core.world.annotators import Annotators
-from reward.evaluate import noise_ceiling, pair_metrics, pearson, rankdata, render, spearman
+from reward.diagnostics import pearson, rankdata, spearman
+from reward.evaluate import noise_ceiling, pair_metrics, render
 from reward.sft_pairs import label_sft_samples, to_token_ids
 from reward.train import summary_line
 
